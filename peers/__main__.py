@@ -1,0 +1,69 @@
+"""``p2p-client IP:PORT TRACKER_INFO_FILE [--data-dir DIR] [--json]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from p2p.config import ConfigError, load_tracker_info, parse_host_port
+
+USAGE = "p2p-client IP:PORT TRACKER_INFO_FILE [--data-dir DIR] [--json]"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2p-client", usage=USAGE + "\n       p2p-client IP PORT TRACKER_INFO_FILE ...",
+        description="A file-sharing client: a command line, and a peer serving your pieces.",
+    )
+    parser.add_argument("where", nargs="+", help="IP:PORT TRACKER_INFO_FILE (or IP PORT FILE)")
+    parser.add_argument("--data-dir", type=Path,
+                        help="shared files and partial downloads "
+                             "(default ./p2p-data/client-IP-PORT)")
+    parser.add_argument("--json", action="store_true", help="one JSON line per command")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log detail to stderr")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``p2p-client`` command."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if len(args.where) == 3:
+        where, info = f"{args.where[0]}:{args.where[1]}", args.where[2]
+    elif len(args.where) == 2:
+        where, info = args.where
+    else:
+        parser.error("expected IP:PORT TRACKER_INFO_FILE")
+    try:
+        host, port = parse_host_port(where)
+        trackers = load_tracker_info(info)
+    except ValueError as exc:
+        parser.error(str(exc))
+    except ConfigError as exc:
+        print(f"p2p-client: {exc}", file=sys.stderr)
+        return 2
+    from peers.client import Client
+    from peers.repl import Repl
+
+    data_dir = args.data_dir or Path("p2p-data") / f"client-{host}-{port}"
+    repl_box: list[Repl] = []
+    client = Client(trackers, f"{host}:{port}", data_dir,
+                    notify=lambda name, data: repl_box[0].event(name, data) if repl_box else None)
+    repl = Repl(client, sys.stdout, sys.stderr, args.json)
+    repl_box.append(repl)
+    try:
+        repl.loop(sys.stdin)
+    except KeyboardInterrupt:
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The command line: parsing, help, and human or ``--json`` output."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from p2p.errors import LocalError, ProtocolError
+from peers.client import Client
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    params: tuple[str, ...]  # "[x]" marks an optional parameter
+    summary: str
+    run: Callable[[Client, list[str]], Any]
+
+    @property
+    def usage(self) -> str:
+        return " ".join([self.name, *(p if p.startswith("[") else f"<{p}>" for p in self.params)])
+
+    def arity(self) -> tuple[int, int]:
+        required = sum(1 for p in self.params if not p.startswith("["))
+        return required, len(self.params)
+
+
+def _group(op: str) -> Callable[[Client, list[str]], Any]:
+    return lambda c, a: c.group_call(op, a[0])
+
+
+def _request(op: str) -> Callable[[Client, list[str]], Any]:
+    return lambda c, a: c.group_call(op, a[0], user=a[1])
+
+
+COMMANDS: dict[str, Command] = {c.name: c for c in [
+    Command("create_user", ("user_id", "password"), "register an account",
+            lambda c, a: c.create_user(a[0], a[1])),
+    Command("login", ("user_id", "password"), "log this client in",
+            lambda c, a: c.login(a[0], a[1])),
+    Command("logout", (), "log out; your files stop being shared until the next login",
+            lambda c, a: c.logout()),
+    Command("create_group", ("group_id",), "create a group; you become its owner",
+            _group("create_group")),
+    Command("join_group", ("group_id",), "ask the owner of a group to let you in",
+            _group("join_group")),
+    Command("leave_group", ("group_id",), "leave a group (an owner hands it on)",
+            _group("leave_group")),
+    Command("list_requests", ("group_id",), "pending join requests (owner only)",
+            _group("list_requests")),
+    Command("accept_request", ("group_id", "user_id"), "let a requester into your group",
+            _request("accept_request")),
+    Command("reject_request", ("group_id", "user_id"), "drop a join request",
+            _request("reject_request")),
+    Command("list_groups", (), "every group in the network, with its owner",
+            lambda c, a: c.list_groups()),
+]}
+_LOCAL = ("help", "exit")
+
+
+def _human(name: str, args: list[str], result: Any) -> str:
+    """The line(s) a person sees for a successful command."""
+    if name == "list_groups":
+        if not result:
+            return "no groups yet"
+        rows = [("GROUP", "OWNER", "MEMBERS")] + [
+            (g["group"], g["owner"], str(g["members"])) for g in result
+        ]
+        return _table(rows)
+    if name == "list_requests":
+        return "\n".join(result) if result else f"no pending requests for {args[0]}"
+    if name == "help":
+        return str(result["text"])
+    messages = {
+        "create_user": "user {0} created",
+        "login": "logged in as {0}",
+        "logout": "logged out",
+        "create_group": "group {0} created; you are its owner",
+        "join_group": "join request sent to the owner of {0}",
+        "leave_group": "you left group {0}",
+        "accept_request": "{1} is now a member of {0}",
+        "reject_request": "request from {1} to join {0} rejected",
+        "exit": "bye",
+    }
+    return messages.get(name, "ok").format(*args)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+def help_text(topic: str | None = None) -> dict[str, Any]:
+    """``help`` and ``help <command>``: usage lines, as text and as data."""
+    if topic is not None:
+        if topic in _LOCAL:
+            usage = {"help": "help [command]", "exit": "exit"}[topic]
+            summary = {"help": "show usage", "exit": "log out and quit"}[topic]
+        elif topic in COMMANDS:
+            usage, summary = COMMANDS[topic].usage, COMMANDS[topic].summary
+        else:
+            raise LocalError(f"unknown command {topic!r}; try help", "unknown_command")
+        return {"usage": usage, "summary": summary, "text": f"usage: {usage}\n  {summary}"}
+    lines = [f"  {c.usage:<48} {c.summary}" for c in COMMANDS.values()]
+    lines += [f"  {'help [command]':<48} show usage", f"  {'exit':<48} log out and quit"]
+    return {"commands": [*COMMANDS, *_LOCAL], "text": "commands:\n" + "\n".join(lines)}
+
+
+class Repl:
+    """Reads commands, runs them on a Client, prints one answer per command."""
+
+    def __init__(self, client: Client, out: TextIO, err: TextIO, json_mode: bool) -> None:
+        self.client = client
+        self.out, self.err = out, err
+        self.json_mode = json_mode
+        self._print_lock = threading.Lock()
+
+    def event(self, name: str, data: dict[str, Any]) -> None:
+        """Something the client wants to say outside a command's answer."""
+        if self.json_mode:
+            self._emit(json.dumps({"event": name, **data}))
+        else:
+            with self._print_lock:
+                print(f"[{name}] {data.get('message', '')}", file=self.err, flush=True)
+
+    def execute(self, line: str) -> bool:
+        """Run one line; returns False when the REPL should stop."""
+        words = line.split()
+        if not words:
+            return True
+        name, args = words[0], words[1:]
+        try:
+            result = self._run(name, args)
+        except ProtocolError as exc:
+            self._answer_error(name, exc)
+        else:
+            self._answer(name, args, result)
+        return name != "exit"
+
+    def _run(self, name: str, args: list[str]) -> Any:
+        if name == "help":
+            if len(args) > 1:
+                raise LocalError("usage: help [command]", "usage")
+            return help_text(args[0] if args else None)
+        if name == "exit":
+            if args:
+                raise LocalError("usage: exit", "usage")
+            self.client.close()
+            return None
+        command = COMMANDS.get(name)
+        if command is None:
+            raise LocalError(f"unknown command {name!r}; type help for the list",
+                             "unknown_command")
+        low, high = command.arity()
+        if not low <= len(args) <= high:
+            raise LocalError(f"usage: {command.usage}", "usage")
+        return command.run(self.client, args)
+
+    def _answer(self, name: str, args: list[str], result: Any) -> None:
+        if self.json_mode:
+            if name == "help":
+                result = {k: v for k, v in result.items() if k != "text"}
+            self._emit(json.dumps({"command": name, "ok": True, "result": result}))
+        else:
+            self._emit(_human(name, args, result))
+
+    def _answer_error(self, name: str, exc: ProtocolError) -> None:
+        if self.json_mode:
+            self._emit(json.dumps({"command": name, "ok": False, "code": exc.code,
+                                   "error": exc.message}))
+        else:
+            self._emit(f"error: {exc.message}")
+
+    def _emit(self, text: str) -> None:
+        with self._print_lock:
+            print(text, file=self.out, flush=True)
+
+    def loop(self, stdin: TextIO) -> None:
+        """Read until ``exit`` or end of input (which also logs out)."""
+        interactive = stdin.isatty() and not self.json_mode
+        if interactive:
+            import readline  # noqa: F401  (line editing and history for input())
+        while True:
+            try:
+                line = input("p2p> ") if interactive else stdin.readline()
+            except EOFError:
+                break
+            except KeyboardInterrupt:
+                print(file=self.out)
+                continue
+            if not interactive and line == "":
+                break
+            if not self.execute(line):
+                return
+        self.client.close()

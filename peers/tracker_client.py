@@ -1,0 +1,125 @@
+"""Requests to the trackers: timeout, retry and failover (the Lazy Pirate pattern).
+
+Every request carries (client id, request id); a retry reuses both, so the
+trackers recognise it and it takes effect once, whichever tracker gets it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from p2p import codec
+from p2p.config import TrackerAddress
+from p2p.errors import LocalError, ProtocolError, RemoteError
+from p2p.messages.tracker import Reply, Request
+
+log = logging.getLogger(__name__)
+
+ATTEMPT_TIMEOUT = 0.4  # a tracker silent this long is skipped: failover well within 1 s
+GIVE_UP_AFTER = 8.0  # then the command fails with no_tracker
+
+
+class TrackerClient:
+    """Sends requests to the first tracker that answers, remembering which one did."""
+
+    def __init__(
+        self,
+        trackers: list[TrackerAddress],
+        *,
+        context: zmq.Context[Any] | None = None,
+        attempt_timeout: float = ATTEMPT_TIMEOUT,
+        give_up_after: float = GIVE_UP_AFTER,
+        on_failover: Callable[[TrackerAddress, TrackerAddress], None] | None = None,
+    ) -> None:
+        self.trackers = trackers
+        self.cid = uuid.uuid4().hex
+        self.token: str | None = None
+        self._context = context or zmq.Context.instance()
+        self._attempt_timeout = attempt_timeout
+        self._give_up_after = give_up_after
+        self._on_failover = on_failover
+        self._rid = 0
+        self._current = 0
+        self._sock: zmq.Socket[Any] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> TrackerAddress:
+        return self.trackers[self._current]
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        """Send one request and return its result; raise ProtocolError with the code."""
+        with self._lock:
+            self._rid += 1
+            request = Request(op, self.cid, self._rid, args or {}, self.token)
+            reply = self._exchange(codec.encode(request.to_wire()), request.rid)
+        if not reply.ok:
+            raise RemoteError(reply.error, reply.code)
+        return reply.result
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_socket()
+
+    def _exchange(self, payload: bytes, rid: int) -> Reply:
+        deadline = time.monotonic() + self._give_up_after
+        failures = 0
+        while True:
+            reply = self._try(self._socket(), payload, rid)
+            if reply is not None:
+                return reply
+            failures += 1
+            self._drop_socket()  # a REQ socket that timed out cannot be reused
+            previous = self.current
+            self._current = (self._current + 1) % len(self.trackers)
+            log.info("%s did not answer, trying %s", previous, self.current)
+            if self._on_failover and previous != self.current:
+                self._on_failover(previous, self.current)
+            if time.monotonic() >= deadline:
+                raise LocalError(
+                    f"no tracker answered within {self._give_up_after:.0f} s", "no_tracker"
+                )
+            if failures % len(self.trackers) == 0:
+                # A whole round failed: back off with jitter so clients don't stampede.
+                round_no = failures // len(self.trackers)
+                time.sleep(min(1.0, 0.05 * 2**round_no) * random.uniform(0.5, 1.0))
+
+    def _try(self, sock: zmq.Socket[Any], payload: bytes, rid: int) -> Reply | None:
+        sock.send(payload)
+        wait_until = time.monotonic() + self._attempt_timeout
+        while (left := wait_until - time.monotonic()) > 0:
+            if not sock.poll(int(left * 1000) + 1):
+                return None
+            try:
+                reply = Reply.from_wire(codec.decode(sock.recv()))
+            except ProtocolError as exc:
+                log.warning("%s sent a malformed reply: %s", self.current, exc)
+                return None
+            if reply.rid in (rid, -1):
+                return reply
+            return None
+        return None
+
+    def _socket(self) -> zmq.Socket[Any]:
+        if self._sock is None:
+            sock = self._context.socket(zmq.REQ)
+            sock.setsockopt(zmq.LINGER, 0)
+            # ZMTP heartbeats notice a hung (SIGSTOPped) tracker on an idle connection.
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+            sock.connect(self.current.client_endpoint)
+            self._sock = sock
+        return self._sock
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None

@@ -1,0 +1,244 @@
+"""Pieces on disk: verification, resume after a crash, final rename, cleanup."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from p2p.pieces import PIECE_SIZE, Bitfield, piece_count, piece_range
+from peers import storage
+from peers.storage import IntegrityError, PartialDownload
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Source:
+    """The original file, and its tracker metadata."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.data = (
+            bytes((i * 31 + seed) % 251 for i in range(size)) if size < 4096 else (os.urandom(size))
+        )
+        self.size = size
+        self.sha1 = hashlib.sha1(self.data).hexdigest()
+        self.hashes = [hashlib.sha1(self.piece(i)).digest() for i in range(piece_count(size))]
+
+    def piece(self, index: int) -> bytes:
+        offset, length = piece_range(index, self.size)
+        return self.data[offset : offset + length]
+
+
+@pytest.fixture
+def src() -> Source:
+    return Source(2 * PIECE_SIZE + 1000)
+
+
+def open_dl(tmp_path: Path, src: Source, sha1: str | None = None) -> PartialDownload:
+    return PartialDownload.open(
+        tmp_path / "out.bin",
+        src.size,
+        sha1 or src.sha1,
+        src.hashes,
+        tmp_path / "out.resume.json",
+    )
+
+
+def listing(path: Path) -> set[str]:
+    return {p.name for p in path.iterdir()}
+
+
+def test_paths_and_preallocation(tmp_path: Path, src: Source) -> None:
+    dl = open_dl(tmp_path, src)
+    assert dl.part_path == tmp_path / ".out.bin.part"
+    assert dl.final_path == tmp_path / "out.bin"
+    assert dl.part_path.stat().st_size == src.size
+    assert not dl.final_path.exists()
+    assert len(dl.have) == 3 and dl.have.count() == 0
+    dl.close()
+
+
+def test_write_good_and_bad_pieces(tmp_path: Path, src: Source) -> None:
+    dl = open_dl(tmp_path, src)
+    assert dl.write_piece(2, src.piece(2))
+    assert list(dl.have) == [2]
+    assert dl.read_piece(2) == src.piece(2)
+
+    wrong = bytearray(src.piece(0))
+    wrong[5] ^= 1
+    assert not dl.write_piece(0, bytes(wrong))
+    assert not dl.write_piece(0, src.piece(0)[:-1])  # wrong length
+    assert not dl.write_piece(0, src.piece(1))  # another piece's data: right length, wrong hash
+    assert 0 not in dl.have
+    with open(dl.part_path, "rb") as f:
+        assert f.read(PIECE_SIZE) == bytes(PIECE_SIZE)  # nothing written
+    with pytest.raises(KeyError):
+        dl.read_piece(0)
+    with pytest.raises(IndexError):
+        dl.write_piece(3, b"x")
+
+    assert dl.write_piece(0, memoryview(src.piece(0)))
+    assert dl.write_piece(0, src.piece(0))  # a duplicate is harmless
+    assert dl.read_piece(0) == src.piece(0)
+    dl.close()
+
+
+def test_finish_renames_on_match(tmp_path: Path, src: Source) -> None:
+    dl = open_dl(tmp_path, src)
+    with pytest.raises(ValueError):
+        dl.finish()  # pieces missing
+    for i in (1, 0, 2):
+        assert dl.write_piece(i, src.piece(i))
+    dl.finish()
+    assert dl.final_path.read_bytes() == src.data
+    assert listing(tmp_path) == {"out.bin"}
+    # Still servable after the rename: the descriptor follows the file.
+    assert dl.read_piece(1) == src.piece(1)
+    dl.close()
+    assert listing(tmp_path) == {"out.bin"}
+
+
+def test_finish_mismatch_removes_everything(tmp_path: Path, src: Source) -> None:
+    # Piece hashes all match, but the tracker's whole-file hash is different.
+    dl = open_dl(tmp_path, src, sha1="0" * 40)
+    for i in range(3):
+        assert dl.write_piece(i, src.piece(i))
+    with pytest.raises(IntegrityError):
+        dl.finish()
+    assert listing(tmp_path) == set()
+
+
+def test_resume_after_crash_keeps_verified_pieces(
+    tmp_path: Path, src: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No throttling, so the record is written on each piece as a crash would find it.
+    monkeypatch.setattr(storage, "SAVE_EVERY_PIECES", 1)
+    dl = open_dl(tmp_path, src)
+    for i in range(3):
+        assert dl.write_piece(i, src.piece(i))
+    record = json.loads((tmp_path / "out.resume.json").read_text())
+    assert Bitfield.from_bytes(3, bytes.fromhex(record["bitfield"])) == Bitfield.full(3)
+    # "Crash": the fd is dropped without close(), and piece 1 is torn on disk.
+    assert dl._fd is not None
+    os.close(dl._fd)
+    with open(dl.part_path, "r+b") as f:
+        f.seek(PIECE_SIZE + 10)
+        f.write(b"\xff\xfe")
+
+    dl2 = open_dl(tmp_path, src)
+    assert list(dl2.have) == [0, 2]
+    assert dl2.read_piece(0) == src.piece(0)
+    assert dl2.write_piece(1, src.piece(1))
+    dl2.finish()
+    assert dl2.final_path.read_bytes() == src.data
+    assert listing(tmp_path) == {"out.bin"}
+    dl2.close()
+
+
+def test_close_persists_throttled_progress(tmp_path: Path, src: Source) -> None:
+    dl = open_dl(tmp_path, src)
+    assert dl.write_piece(1, src.piece(1))
+    dl.close()
+    dl2 = open_dl(tmp_path, src)
+    assert list(dl2.have) == [1]
+    dl2.close()
+
+
+def test_resume_ignores_record_for_other_file(tmp_path: Path, src: Source) -> None:
+    dl = open_dl(tmp_path, src)
+    assert dl.write_piece(0, src.piece(0))
+    dl.close()
+    other = Source(src.size, seed=1)
+    dl2 = PartialDownload.open(
+        tmp_path / "out.bin", other.size, other.sha1, other.hashes, tmp_path / "out.resume.json"
+    )
+    assert dl2.have.count() == 0
+    with open(dl2.part_path, "rb") as f:
+        assert f.read(PIECE_SIZE) == bytes(PIECE_SIZE)  # restarted from zeros
+    dl2.discard()
+
+
+@pytest.mark.parametrize(
+    "garbage", ["", "{", "[]", '{"version": 1}', '{"version": 1, "size": "x"}']
+)
+def test_resume_ignores_garbage_record(tmp_path: Path, src: Source, garbage: str) -> None:
+    (tmp_path / "out.resume.json").write_text(garbage)
+    dl = open_dl(tmp_path, src)
+    assert dl.have.count() == 0
+    dl.discard()
+
+
+def test_resume_without_part_file_starts_empty(tmp_path: Path, src: Source) -> None:
+    dl = open_dl(tmp_path, src)
+    assert dl.write_piece(0, src.piece(0))
+    dl.close()
+    dl.part_path.unlink()
+    dl2 = open_dl(tmp_path, src)
+    assert dl2.have.count() == 0
+    assert dl2.part_path.stat().st_size == src.size
+    dl2.discard()
+
+
+def test_discard_leaves_no_files(tmp_path: Path, src: Source) -> None:
+    dl = open_dl(tmp_path, src)
+    assert dl.write_piece(0, src.piece(0))
+    dl.flush()
+    assert listing(tmp_path) == {".out.bin.part", "out.resume.json"}
+    dl.discard()
+    assert listing(tmp_path) == set()
+    with pytest.raises(ValueError):
+        dl.write_piece(0, src.piece(0))
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    src = Source(0)
+    dl = open_dl(tmp_path, src)
+    assert len(dl.have) == 0 and dl.have.complete
+    dl.finish()
+    assert dl.final_path.read_bytes() == b""
+    assert listing(tmp_path) == {"out.bin"}
+    dl.close()
+
+
+def test_empty_file_wrong_hash(tmp_path: Path) -> None:
+    src = Source(0)
+    dl = open_dl(tmp_path, src, sha1="1" * 40)
+    with pytest.raises(IntegrityError):
+        dl.finish()
+    assert listing(tmp_path) == set()
+
+
+def test_one_byte_file(tmp_path: Path) -> None:
+    src = Source(1)
+    dl = open_dl(tmp_path, src)
+    assert not dl.write_piece(0, b"")
+    assert not dl.write_piece(0, bytes([src.data[0] ^ 1]))
+    assert dl.write_piece(0, src.data)
+    assert dl.read_piece(0) == src.data
+    dl.finish()
+    assert dl.final_path.read_bytes() == src.data
+    dl.close()
+
+
+def test_open_validates_metadata(tmp_path: Path, src: Source) -> None:
+    with pytest.raises(ValueError):
+        open_dl(tmp_path, src, sha1="xyz")
+    with pytest.raises(ValueError):
+        PartialDownload.open(
+            tmp_path / "out.bin", src.size, src.sha1, src.hashes[:2], tmp_path / "r.json"
+        )
+    with pytest.raises(ValueError):
+        PartialDownload.open(
+            tmp_path / "out.bin", src.size, src.sha1, [b"short"] * 3, tmp_path / "r.json"
+        )
+    assert listing(tmp_path) == set()
+
+
+def test_context_manager_closes(tmp_path: Path, src: Source) -> None:
+    with open_dl(tmp_path, src) as dl:
+        assert dl.write_piece(2, src.piece(2))
+    with pytest.raises(ValueError):
+        dl.read_piece(2)

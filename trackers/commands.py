@@ -1,0 +1,306 @@
+"""A client request + the state -> an event to append, or an immediate reply (pure).
+
+Every write is refused early with the same checks that ``state.apply`` runs, so a
+request that cannot succeed never reaches the log.  Reads answer from the state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from p2p.errors import LocalError
+from p2p.messages.tracker import MAX_PASSWORD, Reply, Request, check_file_name, check_id
+from p2p.pieces import piece_count
+from trackers import state as st
+from trackers.passwords import hash_password, verify_password
+
+_SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
+_ADDR_RE = re.compile(r"^[A-Za-z0-9.-]{1,253}:[0-9]{1,5}$")
+
+
+@dataclass(frozen=True)
+class Write:
+    """Append an event of this type and data; the reply is the event's outcome.
+
+    Writes answer ``null`` on success, so a retried request gets the same answer
+    as its first attempt from the outcome recorded in the state.
+    """
+
+    type: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the impure world supplies: a fresh salt for a new password record."""
+
+    salt: bytes
+
+
+Plan = Write | Reply
+Handler = Callable[[st.State, Request, Context], Plan]
+
+
+def session_id(token: str) -> str:
+    """Sessions are stored under a hash of the client's secret token, never the token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def ticket_for(sid: str, group: str) -> str:
+    """A download ticket: proves to a serving peer that this session may fetch in ``group``."""
+    return hmac.new(bytes.fromhex(sid), b"ticket:" + group.encode(), "sha256").hexdigest()
+
+
+def _ok(req: Request, result: Any = None) -> Reply:
+    return Reply(rid=req.rid, ok=True, result=result)
+
+
+def _refuse(req: Request, outcome: st.Outcome) -> Reply:
+    return Reply.failure(req.rid, outcome.code, outcome.error)
+
+
+def _arg(req: Request, name: str) -> Any:
+    if name not in req.args:
+        raise LocalError(f"{req.op} needs argument '{name}'", "usage")
+    return req.args[name]
+
+
+def _id(req: Request, name: str, what: str | None = None) -> str:
+    return check_id(_arg(req, name), what or name)
+
+
+def _int(req: Request, name: str) -> int:
+    value = _arg(req, name)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**62:
+        raise LocalError(f"'{name}' must be a non-negative integer", "bad_request")
+    return value
+
+
+def _password(req: Request) -> str:
+    value = _arg(req, "password")
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_PASSWORD:
+        raise LocalError(f"password must be 1-{MAX_PASSWORD} characters", "bad_request")
+    return value
+
+
+def _session(state: st.State, req: Request) -> tuple[str, str]:
+    """(sid, user) of the request's session, or LocalError(not_logged_in)."""
+    if req.token is not None:
+        sid = session_id(req.token)
+        session = state.sessions.get(sid)
+        if session is not None:
+            return sid, session.user
+    raise LocalError("not logged in: use login <user_id> <password>", "not_logged_in")
+
+
+def _write_checked(state: st.State, req: Request, etype: str, data: dict[str, Any]) -> Plan:
+    outcome = st.check(state, etype, data)
+    return Write(etype, data) if outcome.ok else _refuse(req, outcome)
+
+
+# --- accounts --------------------------------------------------------------------------
+
+def _create_user(state: st.State, req: Request, ctx: Context) -> Plan:
+    user, password = _id(req, "user", "user id"), _password(req)
+    outcome = st.check(state, "create_user", {"user": user})
+    if not outcome.ok:
+        return _refuse(req, outcome)
+    return Write("create_user", {"user": user, "pw": hash_password(password, ctx.salt)})
+
+
+def _login(state: st.State, req: Request, ctx: Context) -> Plan:
+    user, password = _id(req, "user", "user id"), _password(req)
+    addr = _arg(req, "addr")
+    if not isinstance(addr, str) or not _ADDR_RE.match(addr):
+        raise LocalError("login needs the client's peer address HOST:PORT", "bad_request")
+    if req.token is None:
+        raise LocalError("login needs a session token", "bad_request")
+    sid = session_id(req.token)
+    if sid in state.sessions:
+        return _refuse(req, st.fail("already_logged_in", "this client is already logged in"))
+    record = state.users.get(user)
+    if record is None:
+        return _refuse(req, st.fail("no_such_user", f"user {user} does not exist"))
+    if not verify_password(password, record):
+        return _refuse(req, st.fail("bad_credentials", "wrong password"))
+    return _write_checked(state, req, "login",
+                          {"user": user, "sid": sid, "cid": req.cid, "addr": addr})
+
+
+def _logout(state: st.State, req: Request, ctx: Context) -> Plan:
+    sid, _user = _session(state, req)
+    return Write("logout", {"sid": sid})
+
+
+def _ping(state: st.State, req: Request, ctx: Context) -> Plan:
+    _session(state, req)
+    return _ok(req)
+
+
+# --- groups ----------------------------------------------------------------------------
+
+def _group_write(etype: str) -> Handler:
+    def handler(state: st.State, req: Request, ctx: Context) -> Plan:
+        _sid, user = _session(state, req)
+        data = {"group": _id(req, "group", "group id"), "user": user}
+        return _write_checked(state, req, etype, data)
+
+    return handler
+
+
+def _request_write(etype: str) -> Handler:
+    def handler(state: st.State, req: Request, ctx: Context) -> Plan:
+        _sid, user = _session(state, req)
+        data = {"group": _id(req, "group", "group id"), "user": user,
+                "member": _id(req, "user", "user id")}
+        return _write_checked(state, req, etype, data)
+
+    return handler
+
+
+def _list_groups(state: st.State, req: Request, ctx: Context) -> Plan:
+    _session(state, req)
+    return _ok(req, [
+        {"group": name, "owner": g.owner, "members": len(g.members)}
+        for name, g in sorted(state.groups.items())
+    ])
+
+
+def _list_requests(state: st.State, req: Request, ctx: Context) -> Plan:
+    _sid, user = _session(state, req)
+    group = _id(req, "group", "group id")
+    outcome = st.need_owner(state, group, user)
+    if not outcome.ok:
+        return _refuse(req, outcome)
+    return _ok(req, list(state.groups[group].requests))
+
+
+# --- files -----------------------------------------------------------------------------
+
+def _member_of(state: st.State, req: Request) -> tuple[str, str, str]:
+    sid, user = _session(state, req)
+    group = _id(req, "group", "group id")
+    outcome = st.need_member(state, group, user)
+    if not outcome.ok:
+        raise LocalError(outcome.error, outcome.code)
+    return sid, user, group
+
+
+def _list_files(state: st.State, req: Request, ctx: Context) -> Plan:
+    _member_of(state, req)
+    files = state.files.get(req.args["group"], {})
+    return _ok(req, [
+        {"name": name, "size": f.size, "sha1": f.sha1,
+         "seeders": len({state.sessions[sid].user for sid, have in f.holders.items()
+                         if have is None and sid in state.sessions}),
+         "peers": len(f.holders)}
+        for name, f in sorted(files.items())
+    ])
+
+
+def _bitfield(req: Request, size: int) -> bytes | None:
+    have = req.args.get("have")
+    if have is None:
+        return None
+    if not isinstance(have, bytes) or len(have) != (piece_count(size) + 7) // 8:
+        raise LocalError("'have' must be a bitfield of the file's pieces", "bad_request")
+    return have
+
+
+def _share(state: st.State, req: Request, ctx: Context) -> Plan:
+    sid, _user, group = _member_of(state, req)
+    name, size, sha1 = check_file_name(_arg(req, "name")), _int(req, "size"), _arg(req, "sha1")
+    pieces = _arg(req, "pieces")
+    if not isinstance(sha1, str) or not _SHA1_RE.match(sha1):
+        raise LocalError("'sha1' must be 40 lowercase hex digits", "bad_request")
+    if not isinstance(pieces, bytes) or len(pieces) != 20 * piece_count(size):
+        raise LocalError("'pieces' must hold one 20-byte SHA1 per piece", "bad_request")
+    data = {"sid": sid, "group": group, "name": name, "size": size, "sha1": sha1,
+            "pieces": pieces, "have": _bitfield(req, size)}
+    return _write_checked(state, req, "share", data)
+
+
+def _file(state: st.State, req: Request) -> tuple[str, str, str, st.SharedFile]:
+    sid, user, group = _member_of(state, req)
+    name = check_file_name(_arg(req, "name"))
+    record = state.files.get(group, {}).get(name)
+    if record is None:
+        raise LocalError(f"no file {name} is shared in {group}", "no_such_file")
+    return sid, group, name, record
+
+
+def _have(state: st.State, req: Request, ctx: Context) -> Plan:
+    sid, group, name, record = _file(state, req)
+    data = {"sid": sid, "group": group, "name": name, "size": record.size,
+            "sha1": record.sha1, "pieces": record.pieces, "have": _bitfield(req, record.size)}
+    return _write_checked(state, req, "have", data)
+
+
+def _unshare(state: st.State, req: Request, ctx: Context) -> Plan:
+    sid, _user, group = _member_of(state, req)
+    data = {"sid": sid, "group": group, "name": check_file_name(_arg(req, "name"))}
+    return _write_checked(state, req, "unshare", data)
+
+
+def _file_info(state: st.State, req: Request, ctx: Context) -> Plan:
+    sid, group, name, record = _file(state, req)
+    peers = [
+        {"user": state.sessions[h].user, "addr": state.sessions[h].addr, "have": have}
+        for h, have in sorted(record.holders.items())
+        if h != sid and h in state.sessions
+    ]
+    return _ok(req, {"group": group, "name": name, "size": record.size, "sha1": record.sha1,
+                     "pieces": record.pieces, "peers": peers, "ticket": ticket_for(sid, group)})
+
+
+def _check_ticket(state: st.State, req: Request, ctx: Context) -> Plan:
+    _session(state, req)
+    group, user = _id(req, "group", "group id"), _id(req, "user", "user id")
+    ticket = _arg(req, "ticket")
+    if not isinstance(ticket, str):
+        raise LocalError("'ticket' must be a string", "bad_request")
+    member = group in state.groups and user in state.groups[group].members
+    valid = member and any(
+        s.user == user and hmac.compare_digest(ticket_for(sid, group), ticket)
+        for sid, s in state.sessions.items()
+    )
+    if not valid:
+        return _refuse(req, st.fail("bad_ticket", f"{user} may not download in {group}"))
+    return _ok(req)
+
+
+HANDLERS: dict[str, Handler] = {
+    "create_user": _create_user,
+    "login": _login,
+    "logout": _logout,
+    "ping": _ping,
+    "create_group": _group_write("create_group"),
+    "join_group": _group_write("join_group"),
+    "leave_group": _group_write("leave_group"),
+    "accept_request": _request_write("accept_request"),
+    "reject_request": _request_write("reject_request"),
+    "list_groups": _list_groups,
+    "list_requests": _list_requests,
+    "list_files": _list_files,
+    "share": _share,
+    "have": _have,
+    "unshare": _unshare,
+    "file_info": _file_info,
+    "check_ticket": _check_ticket,
+}
+
+
+def plan(state: st.State, req: Request, ctx: Context) -> Plan:
+    """Decide what a request does: an event to append, or the reply to send now."""
+    handler = HANDLERS.get(req.op)
+    if handler is None:
+        return Reply.failure(req.rid, "unknown_command", f"unknown command {req.op!r}")
+    try:
+        return handler(state, req, ctx)
+    except LocalError as exc:
+        return Reply.failure(req.rid, exc.code, exc.message)
