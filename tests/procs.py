@@ -1,0 +1,274 @@
+"""Real tracker and client processes for integration tests.
+
+Ports come from the kernel (bind to port 0), blocks of five for trackers; every
+wait has a deadline; processes are SIGKILLed where a test asks for failures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+_taken: set[int] = set()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A port nothing listens on now and that this test run has not handed out."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _taken:
+            _taken.add(port)
+            return port
+
+
+def free_port_block(span: int = 5) -> int:
+    """A base port with base..base+span-1 all free (a tracker uses five ports)."""
+    for _ in range(200):
+        base = free_port()
+        block = range(base, base + span)
+        if base + span < 65536 and all(p == base or (p not in _taken and _bindable(p))
+                                       for p in block):
+            _taken.update(block)
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
+             interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class TrackerProc:
+    """One ``python -m trackers`` process."""
+
+    def __init__(self, info: Path, number: int, data_dir: Path, log_path: Path,
+                 extra: list[str] | None = None) -> None:
+        self.info, self.number, self.data_dir, self.log_path = info, number, data_dir, log_path
+        self.extra = extra or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> TrackerProc:
+        log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trackers", str(self.info), str(self.number),
+             "--data-dir", str(self.data_dir), *self.extra],
+            stdout=log, stderr=log, env=_env(), cwd=ROOT,
+        )
+        log.close()
+        if wait:
+            wait_for(self.status, 20, f"tracker {self.number} to answer")
+        return self
+
+    def status(self) -> dict[str, Any] | None:
+        from p2p.config import load_tracker_info
+        from trackers.status import query_status
+
+        return query_status(load_tracker_info(self.info)[self.number - 1], timeout=0.5)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class ClientProc:
+    """A ``python -m peers --json`` process driven line by line through stdin."""
+
+    def __init__(self, info: Path, data_dir: Path, log_path: Path, port: int | None = None
+                 ) -> None:
+        self.port = port or free_port()
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.events: list[dict[str, Any]] = []
+        self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        err = open(log_path, "ab")  # noqa: SIM115 (handed to the child)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "peers", f"127.0.0.1:{self.port}", str(info),
+             "--data-dir", str(data_dir), "--json"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=_env(), cwd=ROOT,
+        )
+        err.close()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                line = {"garbled": raw.decode(errors="replace")}
+            if isinstance(line, dict) and "event" in line:
+                self.events.append(line)
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def cmd(self, line: str, timeout: float = 20) -> dict[str, Any]:
+        """Run one command and return its JSON answer (events are kept in ``events``)."""
+        self.send(line)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no answer to {line!r} within {timeout} s")
+            try:
+                answer = self._lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if answer is None:
+                raise AssertionError(f"client exited before answering {line!r}")
+            if "event" in answer:
+                continue
+            assert "garbled" not in answer, f"non-JSON output: {answer}"
+            assert answer.get("command") == line.split()[0], f"{line!r} answered {answer}"
+            return answer
+
+    def ok(self, line: str, timeout: float = 20) -> Any:
+        """Run a command that must succeed; return its result."""
+        answer = self.cmd(line, timeout)
+        assert answer["ok"], f"{line!r} failed: {answer}"
+        return answer["result"]
+
+    def fails(self, line: str, code: str, timeout: float = 20) -> str:
+        """Run a command that must fail with ``code``; return the error sentence."""
+        answer = self.cmd(line, timeout)
+        assert not answer["ok"] and answer["code"] == code, f"{line!r}: {answer}, wanted {code}"
+        return str(answer["error"])
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def close(self, timeout: float = 15) -> int:
+        """End input (the client logs out and quits) and wait for it to exit."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return int(self.proc.returncode)
+
+
+class Cluster:
+    """Trackers of one tracker_info.txt plus clients, all torn down at the end."""
+
+    def __init__(self, root: Path, trackers: int = 1, tracker_args: list[str] | None = None
+                 ) -> None:
+        self.root = root
+        self.info = root / "tracker_info.txt"
+        self.ports = [free_port_block() for _ in range(trackers)]
+        self.info.write_text("".join(f"127.0.0.1 {p}\n" for p in self.ports))
+        self.trackers = [
+            TrackerProc(self.info, n, root / f"tracker-{n}", root / f"tracker-{n}.log",
+                        tracker_args)
+            for n in range(1, trackers + 1)
+        ]
+        self.clients: list[ClientProc] = []
+
+    def start(self) -> Cluster:
+        for tracker in self.trackers:
+            tracker.start(wait=False)
+        for tracker in self.trackers:
+            wait_for(tracker.status, 20, f"tracker {tracker.number} to answer")
+        return self
+
+    def tracker(self, number: int) -> TrackerProc:
+        return self.trackers[number - 1]
+
+    def client(self, name: str | None = None) -> ClientProc:
+        name = name or f"client-{len(self.clients) + 1}"
+        client = ClientProc(self.info, self.root / name, self.root / f"{name}.log")
+        self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.kill()
+        for tracker in self.trackers:
+            tracker.stop()
+
+    def logs(self) -> str:
+        parts = [f"--- tracker {t.number}\n{t.log_text()[-4000:]}" for t in self.trackers]
+        for c in self.clients:
+            if c.log_path.exists():
+                parts.append(f"--- {c.log_path.name}\n{c.log_path.read_text()[-4000:]}")
+        return "\n".join(parts)
+
+
+@contextlib.contextmanager
+def cluster(root: Path, trackers: int = 1, **kwargs: Any) -> Iterator[Cluster]:
+    """Start a cluster; on failure print every process's log tail."""
+    c = Cluster(root, trackers, **kwargs)
+    try:
+        yield c.start()
+    except BaseException:
+        sys.stderr.write(c.logs())
+        raise
+    finally:
+        c.close()
