@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="shared files and partial downloads "
                              "(default ./p2p-data/client-IP-PORT)")
     parser.add_argument("--json", action="store_true", help="one JSON line per command")
+    parser.add_argument("--upload-limit", type=float, metavar="KIB_PER_S",
+                        help="cap what this client uploads to other peers (KiB/s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log detail to stderr")
     return parser
 
@@ -49,13 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"p2p-client: {exc}", file=sys.stderr)
         return 2
+    from p2p.errors import LocalError
     from peers.client import Client
     from peers.repl import Repl
 
     data_dir = args.data_dir or Path("p2p-data") / f"client-{host}-{port}"
     repl_box: list[Repl] = []
-    client = Client(trackers, f"{host}:{port}", data_dir,
-                    notify=lambda name, data: repl_box[0].event(name, data) if repl_box else None)
+    limit = args.upload_limit * 1024 if args.upload_limit else None
+    try:
+        client = Client(trackers, host, port, data_dir, upload_limit=limit,
+                        notify=lambda name, data: repl_box[0].event(name, data)
+                        if repl_box else None)
+    except LocalError as exc:
+        print(f"p2p-client: {exc}", file=sys.stderr)
+        return 1
     repl = Repl(client, sys.stdout, sys.stderr, args.json)
     repl_box.append(repl)
     try:

@@ -1,17 +1,30 @@
-"""One user's client: its session with the trackers and the operations of the REPL."""
+"""One user's client: its session with the trackers, its shares and its downloads.
+
+Methods return a command's result or raise ProtocolError with the spec's code;
+presenting them is the REPL's job.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from p2p.config import TrackerAddress
 from p2p.errors import LocalError, ProtocolError
+from p2p.messages.tracker import check_file_name
+from p2p.pieces import hash_file
+from peers.download import Download
+from peers.piece_server import PieceServer
+from peers.shares import Key, SavedShare, ShareRegistry, Source
 from peers.tracker_client import TrackerClient
+from peers.transfers import Downloads
 
 log = logging.getLogger(__name__)
 
@@ -21,25 +34,32 @@ Notify = Callable[[str, dict[str, Any]], None]
 
 
 class Client:
-    """The session (who is logged in, with which token) and every command's effect.
-
-    Methods return the command's result or raise ProtocolError with the spec's code;
-    presenting them is the REPL's job.
-    """
+    """The session (who is logged in, with which token) and every command's effect."""
 
     def __init__(
         self,
         trackers: list[TrackerAddress],
-        peer_addr: str,
+        host: str,
+        port: int,
         data_dir: Path,
         notify: Notify | None = None,
+        *,
+        upload_limit: float | None = None,
         **tracker_options: Any,
     ) -> None:
-        self.peer_addr = peer_addr
+        self.peer_addr = f"{host}:{port}"
         self.data_dir = data_dir
         self.notify: Notify = notify or (lambda _event, _data: None)
         self.tracker = TrackerClient(trackers, on_failover=self._failed_over, **tracker_options)
         self.user: str | None = None
+        self.registry = ShareRegistry(data_dir)
+        self.downloads = Downloads(data_dir, self)
+        try:
+            self.server = PieceServer(host, port, self.registry, self._check_ticket,
+                                      upload_limit=upload_limit)
+        except zmq.ZMQError as exc:
+            raise LocalError(f"cannot listen on {self.peer_addr}: {exc}", "io_error") from None
+        self.server.start()
         self._stop = threading.Event()
         self._pinger = threading.Thread(target=self._ping_loop, name="ping", daemon=True)
         self._pinger.start()
@@ -54,7 +74,8 @@ class Client:
     def create_user(self, user: str, password: str) -> None:
         self.tracker.call("create_user", {"user": user, "password": password})
 
-    def login(self, user: str, password: str) -> None:
+    def login(self, user: str, password: str) -> dict[str, Any]:
+        """Log in, share again what this data dir shared before, resume its downloads."""
         if self.user is not None:
             raise LocalError(f"already logged in as {self.user}: logout first",
                              "already_logged_in")
@@ -66,9 +87,39 @@ class Client:
             self.tracker.token = None
             raise
         self.user = user
+        self.registry.active = True
+        reshared, dropped = self._reshare(user)
+        resumed = self.downloads.resume_saved(user)
+        return {"user": user, "reshared": reshared, "dropped": dropped, "resumed": resumed}
+
+    def _reshare(self, user: str) -> tuple[list[str], list[str]]:
+        reshared, dropped = [], []
+        for saved in self.registry.saved():
+            if saved.user != user:
+                continue
+            label = f"{saved.group}/{saved.name}"
+            if not saved.unchanged():
+                self.registry.forget(user, saved.group, saved.name)
+                dropped.append(label)
+                self.notify("share_dropped", {"group": saved.group, "file": saved.name,
+                                              "message": f"not sharing {label}: {saved.path} "
+                                                         "is missing or changed since upload"})
+                continue
+            try:
+                self._announce_share(saved.group, saved.name, saved.size, saved.sha1,
+                                     bytes.fromhex(saved.pieces), Path(saved.path))
+                reshared.append(label)
+            except ProtocolError as exc:
+                dropped.append(label)
+                self.notify("share_dropped", {"group": saved.group, "file": saved.name,
+                                              "message": f"not sharing {label}: {exc}"})
+        return reshared, dropped
 
     def logout(self) -> None:
         self.require_login()
+        self.downloads.pause_all()
+        self.registry.active = False
+        self.registry.clear()
         try:
             self.tracker.call("logout")
         except ProtocolError as exc:
@@ -79,6 +130,7 @@ class Client:
     def _forget_session(self) -> None:
         self.user = None
         self.tracker.token = None
+        self.registry.active = False
 
     # --- groups -------------------------------------------------------------------------
 
@@ -91,6 +143,125 @@ class Client:
         self.require_login()
         result: list[dict[str, Any]] = self.tracker.call("list_groups")
         return result
+
+    def leave_group(self, group: str) -> None:
+        self.group_call("leave_group", group)
+        for source in self.registry.listing():
+            if source.key[0] == group:
+                self.registry.remove(source.key)
+                self.registry.forget(self.user or "", *source.key)
+
+    # --- files --------------------------------------------------------------------------
+
+    def upload_file(self, path_text: str, group: str) -> dict[str, Any]:
+        """Hash a file in one pass and share it in ``group`` under its base name."""
+        user = self.require_login()
+        path = Path(path_text).expanduser().absolute()
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise LocalError(f"{path_text} is not a readable file", "no_such_file")
+        name = check_file_name(path.name)
+        try:
+            before = path.stat()
+            digest = hash_file(path)
+        except OSError as exc:
+            raise LocalError(f"cannot read {path_text}: {exc}", "io_error") from None
+        pieces = b"".join(digest.piece_hashes)
+        self._announce_share(group, name, digest.size, digest.sha1, pieces, path)
+        self.registry.remember(SavedShare(user, group, name, str(path), digest.size,
+                                          digest.sha1, pieces.hex(), before.st_mtime_ns))
+        return {"name": name, "size": digest.size, "sha1": digest.sha1,
+                "pieces": len(digest.piece_hashes)}
+
+    def _announce_share(self, group: str, name: str, size: int, sha1: str, pieces: bytes,
+                        path: Path) -> None:
+        self.tracker.call("share", {"group": group, "name": name, "size": size, "sha1": sha1,
+                                    "pieces": pieces})
+        self.registry.put(Source((group, name), size, pieces, path))
+
+    def list_files(self, group: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.group_call("list_files", group)
+        return result
+
+    def stop_share(self, group: str, name: str) -> None:
+        user = self.require_login()
+        check_file_name(name)
+        self.tracker.call("unshare", {"group": group, "name": name})
+        self.registry.remove((group, name))
+        self.registry.forget(user, group, name)
+
+    def list_shares(self) -> list[dict[str, Any]]:
+        """What this client serves now, and how many pieces of each it has sent."""
+        self.require_login()
+        return [{"group": s.key[0], "name": s.key[1], "path": str(s.path), "size": s.size,
+                 "complete": s.partial is None, "served": self.registry.served[s.key]}
+                for s in self.registry.listing()]
+
+    def download_file(self, group: str, name: str, destination: str) -> dict[str, Any]:
+        self.require_login()
+        download = self.downloads.start(group, name, destination)
+        return {"group": group, "file": name, "path": str(download.final_path)}
+
+    def show_downloads(self) -> list[dict[str, Any]]:
+        self.require_login()
+        return self.downloads.snapshot()
+
+    def wait(self, group: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
+        self.require_login()
+        return self.downloads.wait(group, name)
+
+    # --- what downloads ask of the client (peers.download.Host) -------------------------
+
+    def tracker_call(self, op: str, args: dict[str, Any]) -> Any:
+        return self.tracker.call(op, args)
+
+    def share_partial(self, source: Source) -> None:
+        """A download has its first verified pieces: serve them and tell the tracker."""
+        self.registry.put(source)
+        assert source.partial is not None
+        try:
+            self.tracker.call("share", {"group": source.key[0], "name": source.key[1],
+                                        "size": source.size, "sha1": source.partial.sha1,
+                                        "pieces": source.pieces,
+                                        "have": source.partial.have.to_bytes()})
+        except ProtocolError as exc:
+            log.info("could not register partial %s: %s", source.key, exc)
+
+    def announce_piece(self, key: Key, index: int) -> None:
+        self.server.announce(key, index)
+
+    def ended(self, download: Download) -> None:
+        """A download completed or failed: share the complete file, tell the user."""
+        self.downloads.finished(download)
+        if download.state != "complete":
+            self.registry.remove(download.key)
+            self.notify("download_failed", {"group": download.group, "file": download.name,
+                                            "message": f"download of {download.name} failed: "
+                                                       f"{download.error}"})
+            return
+        path = download.final_path
+        self.registry.put(Source(download.key, download.size, download.pieces, path))
+        if self.user is not None:
+            self.registry.remember(SavedShare(
+                self.user, download.group, download.name, str(path), download.size,
+                download.sha1, download.pieces.hex(), path.stat().st_mtime_ns))
+            try:
+                self.tracker.call("have", {"group": download.group, "name": download.name,
+                                           "have": None})
+            except ProtocolError as exc:
+                log.info("could not announce completion of %s: %s", download.name, exc)
+        self.notify("download_complete", {"group": download.group, "file": download.name,
+                                          "path": str(path),
+                                          "message": f"{download.name} downloaded to {path}"})
+
+    def _check_ticket(self, user: str, group: str, ticket: str) -> bool:
+        if self.user is None:
+            return False
+        try:
+            self.tracker.call("check_ticket", {"user": user, "group": group, "ticket": ticket})
+        except ProtocolError as exc:
+            log.info("ticket of %s for %s refused: %s", user, group, exc)
+            return False
+        return True
 
     # --- background ---------------------------------------------------------------------
 
@@ -107,6 +278,7 @@ class Client:
             except ProtocolError as exc:
                 if exc.code == "not_logged_in" and self.user is not None:
                     user = self.user
+                    self.downloads.pause_all()
                     self._forget_session()
                     self.notify("session_ended", {
                         "user": user,
@@ -123,4 +295,6 @@ class Client:
                 self.logout()
             except ProtocolError as exc:
                 log.warning("logout on exit failed: %s", exc)
+        self.downloads.pause_all()
+        self.server.stop()
         self.tracker.close()

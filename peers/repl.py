@@ -15,17 +15,23 @@ from peers.client import Client
 @dataclass(frozen=True)
 class Command:
     name: str
-    params: tuple[str, ...]  # "[x]" marks an optional parameter
+    params: tuple[str, ...]
     summary: str
     run: Callable[[Client, list[str]], Any]
+    optional: tuple[str, ...] = ()  # given all together or not at all
 
     @property
     def usage(self) -> str:
-        return " ".join([self.name, *(p if p.startswith("[") else f"<{p}>" for p in self.params)])
+        words = [self.name, *(f"<{p}>" for p in self.params)]
+        if self.optional:
+            words.append("[" + " ".join(f"<{p}>" for p in self.optional) + "]")
+        return " ".join(words)
 
-    def arity(self) -> tuple[int, int]:
-        required = sum(1 for p in self.params if not p.startswith("["))
-        return required, len(self.params)
+    def arity(self) -> tuple[int, ...]:
+        """The argument counts this command accepts."""
+        if self.optional:
+            return (len(self.params), len(self.params) + len(self.optional))
+        return (len(self.params),)
 
 
 def _group(op: str) -> Callable[[Client, list[str]], Any]:
@@ -57,6 +63,21 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
             _request("reject_request")),
     Command("list_groups", (), "every group in the network, with its owner",
             lambda c, a: c.list_groups()),
+    Command("list_files", ("group_id",), "files shared in a group by online members",
+            lambda c, a: c.list_files(a[0])),
+    Command("upload_file", ("file_path", "group_id"), "share a file in a group",
+            lambda c, a: c.upload_file(a[0], a[1])),
+    Command("download_file", ("group_id", "file_name", "destination_path"),
+            "fetch a file in the background (destination: a directory or a file path)",
+            lambda c, a: c.download_file(a[0], a[1], a[2])),
+    Command("show_downloads", (), "progress of this client's downloads",
+            lambda c, a: c.show_downloads()),
+    Command("stop_share", ("group_id", "file_name"), "stop sharing a file",
+            lambda c, a: c.stop_share(a[0], a[1])),
+    Command("list_shares", (), "what this client shares and how many pieces it has sent",
+            lambda c, a: c.list_shares()),
+    Command("wait", (), "block until that download (or every running one) ends",
+            lambda c, a: c.wait(*a) if a else c.wait(), optional=("group_id", "file_name")),
 ]}
 _LOCAL = ("help", "exit")
 
@@ -74,6 +95,34 @@ def _human(name: str, args: list[str], result: Any) -> str:
         return "\n".join(result) if result else f"no pending requests for {args[0]}"
     if name == "help":
         return str(result["text"])
+    if name == "login":
+        lines = [f"logged in as {args[0]}"]
+        if result["reshared"]:
+            lines.append(f"sharing again: {', '.join(result['reshared'])}")
+        if result["dropped"]:
+            lines.append(f"no longer shared (missing or changed): {', '.join(result['dropped'])}")
+        if result["resumed"]:
+            lines.append(f"resuming downloads: {', '.join(result['resumed'])}")
+        return "\n".join(lines)
+    if name == "list_files":
+        if not result:
+            return f"no files shared in {args[0]} by online members"
+        return _table([("NAME", "SIZE", "SEEDERS", "SHA1")] + [
+            (f["name"], _size(f["size"]), str(f["seeders"]), f["sha1"]) for f in result])
+    if name == "upload_file":
+        return (f"sharing {result['name']} in {args[1]}: {_size(result['size'])}, "
+                f"{result['pieces']} pieces, sha1 {result['sha1']}")
+    if name == "download_file":
+        return f"downloading {args[1]} to {result['path']} (show_downloads for progress)"
+    if name in ("show_downloads", "wait"):
+        return "\n".join(_download_line(d) for d in result) if result else "no downloads"
+    if name == "list_shares":
+        if not result:
+            return "not sharing anything"
+        return _table([("GROUP", "NAME", "SIZE", "STATE", "SERVED")] + [
+            (s["group"], s["name"], _size(s["size"]),
+             "complete" if s["complete"] else "partial", f"{s['served']} pieces")
+            for s in result])
     messages = {
         "create_user": "user {0} created",
         "login": "logged in as {0}",
@@ -84,8 +133,27 @@ def _human(name: str, args: list[str], result: Any) -> str:
         "accept_request": "{1} is now a member of {0}",
         "reject_request": "request from {1} to join {0} rejected",
         "exit": "bye",
+        "stop_share": "stopped sharing {1} in {0}",
     }
     return messages.get(name, "ok").format(*args)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
+def _download_line(d: dict[str, Any]) -> str:
+    where = f"{d['group']} {d['file']} -> {d['path']}"
+    if d["state"] == "complete":
+        return f"[C] {where}"
+    if d["state"] == "failed":
+        return f"[F] {where}: {d['error']}"
+    detail = d["waiting"] or f"{d['rate'] / 1e6:.1f} MB/s from {d['peers']} peer(s)"
+    return f"[D] {d['progress'] * 100:5.1f}%  {where}  {detail}"
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -137,8 +205,8 @@ class Repl:
             result = self._run(name, args)
         except ProtocolError as exc:
             self._answer_error(name, exc)
-        else:
-            self._answer(name, args, result)
+            return True  # a failed command (even "exit now") changes nothing
+        self._answer(name, args, result)
         return name != "exit"
 
     def _run(self, name: str, args: list[str]) -> Any:
@@ -155,8 +223,7 @@ class Repl:
         if command is None:
             raise LocalError(f"unknown command {name!r}; type help for the list",
                              "unknown_command")
-        low, high = command.arity()
-        if not low <= len(args) <= high:
+        if len(args) not in command.arity():
             raise LocalError(f"usage: {command.usage}", "usage")
         return command.run(self.client, args)
 

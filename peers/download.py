@@ -1,0 +1,362 @@
+"""One download: a DEALER per peer, several requests in flight to each, verified pieces.
+
+The loop asks the picker which piece to request from which peer, keeps each
+peer's pipeline as deep as its measured rate needs (credit-based flow control,
+so no socket queue ever drops a piece), checks every piece against the
+tracker's SHA1 before writing it, shares it onward at once, and checks the
+whole file before it appears under its real name.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import zmq
+
+from p2p.errors import LocalError, ProtocolError
+from p2p.messages import piece as msg
+from p2p.pieces import PIECE_SIZE, Bitfield, piece_count
+from peers.picker import Picker, Trust
+from peers.shares import Key, Source
+from peers.storage import IntegrityError, PartialDownload
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT = 3.0  # a peer that does not answer hello in time is skipped for now
+SILENCE_TIMEOUT = 4.0  # a peer with requests out and silent this long is dropped
+RETRY_PEER_AFTER = 5.0
+REFRESH_EVERY = 2.0  # ask the tracker for new peers this often
+ANNOUNCE_EVERY = 1.0  # tell the tracker our progress at most this often
+MIN_CREDIT, MAX_CREDIT = 2, 24
+PIPELINE_SECONDS = 0.05  # keep this much of a peer's measured rate in flight
+
+
+class Host(Protocol):
+    """What a download needs from its client."""
+
+    def tracker_call(self, op: str, args: dict[str, Any]) -> Any: ...
+    def share_partial(self, source: Source) -> None: ...
+    def announce_piece(self, key: Key, index: int) -> None: ...
+    def ended(self, download: Download) -> None: ...
+
+    @property
+    def user(self) -> str | None: ...
+
+
+@dataclass
+class PeerLink:
+    """Our connection to one peer for this file."""
+
+    addr: str
+    sock: zmq.Socket[Any]
+    opened_at: float
+    ready: bool = False
+    in_flight: dict[int, float] = field(default_factory=dict)
+    last_heard: float = 0.0
+    rate: float = 0.0  # bytes/s, smoothed over piece inter-arrival times
+    last_piece_at: float = 0.0
+    received: int = 0
+
+    def credit(self) -> int:
+        wanted = int(self.rate * PIPELINE_SECONDS / PIECE_SIZE) + MIN_CREDIT
+        return max(MIN_CREDIT, min(MAX_CREDIT, wanted))
+
+
+class Download:
+    """A download running in its own thread; ``snapshot`` reports its progress."""
+
+    def __init__(self, host: Host, group: str, name: str, final_path: Path,
+                 resume_path: Path, info: dict[str, Any],
+                 context: zmq.Context[Any] | None = None) -> None:
+        self.host = host
+        self.group, self.name = group, name
+        self.key: Key = (group, name)
+        self.final_path = final_path
+        self.resume_path = resume_path
+        self.info = info
+        self.size: int = info["size"]
+        self.sha1: str = info["sha1"]
+        self.pieces: bytes = info["pieces"]
+        self.count = piece_count(self.size)
+        self.state = "downloading"
+        self.error = ""
+        self.waiting = ""
+        self.sources: dict[str, int] = {}  # peer address -> pieces taken from it
+        self._context = context or zmq.Context.instance()
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._have = 0
+        self._links: dict[str, PeerLink] = {}
+        self._retry_at: dict[str, float] = {}
+        self._banned: set[str] = set()
+        self._trust = Trust()
+        self._rate_window: collections.deque[tuple[float, int]] = collections.deque()
+        self._thread = threading.Thread(target=self._main, name=f"download-{name}", daemon=True)
+
+    # --- control ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop (keeping what was verified, for a later resume) and wait for the thread."""
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(10)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    @property
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    def snapshot(self) -> dict[str, Any]:
+        """What show_downloads says about this download."""
+        progress = 1.0 if self.count == 0 else self._have / self.count
+        if self.state == "complete":
+            progress = 1.0
+        return {"group": self.group, "file": self.name, "path": str(self.final_path),
+                "state": self.state, "progress": round(progress, 4), "error": self.error,
+                "rate": round(self._rate()), "peers": sum(1 for p in self._links.values()
+                                                           if p.ready),
+                "waiting": self.waiting, "sources": dict(self.sources)}
+
+    # --- the thread ---------------------------------------------------------------------
+
+    def _main(self) -> None:
+        partial: PartialDownload | None = None
+        try:
+            partial = PartialDownload.open(self.final_path, self.size, self.sha1,
+                                           [self.pieces[i * 20:(i + 1) * 20]
+                                            for i in range(self.count)], self.resume_path)
+            self._have = partial.have.count()
+            if self._transfer(partial):
+                partial.finish()
+                self.state = "complete"
+        except IntegrityError:
+            self._fail("the whole file's SHA1 does not match; nothing was kept")
+            partial = None
+        except (OSError, ValueError) as exc:
+            self._fail(f"cannot write {self.final_path}: {exc}")
+        except Exception as exc:  # a bug must end this download, not the client
+            log.exception("download of %s failed", self.name)
+            self._fail(f"internal error: {exc!r}")
+        finally:
+            for link in list(self._links.values()):
+                link.sock.close(0)
+            self._links.clear()
+            if partial is not None:
+                if self.state == "failed":
+                    partial.discard()
+                else:
+                    partial.close()
+            if self.state != "downloading":
+                self.host.ended(self)
+            self._done.set()
+
+    def _fail(self, why: str) -> None:
+        self.state, self.error = "failed", why
+        log.warning("download of %s failed: %s", self.name, why)
+
+    def _transfer(self, partial: PartialDownload) -> bool:
+        """Fetch every missing piece; False if stopped first."""
+        picker = Picker(self.count, partial.have.copy(), random.Random())
+        source = Source(self.key, self.size, self.pieces, partial.part_path, partial)
+        announced_at = 0.0
+        if partial.have.count():
+            self.host.share_partial(source)
+            announced_at = time.monotonic()
+        self._connect_peers(self.info.get("peers", []))
+        refreshed_at = time.monotonic()
+        poller = zmq.Poller()
+        while not picker.done:
+            if self._stop.is_set():
+                return False
+            now = time.monotonic()
+            if now - refreshed_at > REFRESH_EVERY or (not self._links and
+                                                      now - refreshed_at > 0.5):
+                self._refresh(picker)
+                refreshed_at = now
+            self._check_timeouts(picker, now)
+            self._fill_pipelines(picker)
+            self._update_waiting(picker)
+            poller = zmq.Poller()
+            for link in self._links.values():
+                poller.register(link.sock, zmq.POLLIN)
+            ready = dict(poller.poll(100)) if self._links else {}
+            if not self._links:
+                self._stop.wait(0.1)
+            for link in list(self._links.values()):
+                if link.sock in ready:
+                    self._drain(link, picker, partial, source)
+            if self._have and now - announced_at > ANNOUNCE_EVERY:
+                self._announce(partial.have, source)
+                announced_at = now
+        partial.flush()
+        return True
+
+    # --- peers --------------------------------------------------------------------------
+
+    def _connect_peers(self, peers: list[dict[str, Any]]) -> None:
+        now = time.monotonic()
+        for peer in peers:
+            addr = peer.get("addr")
+            if (not isinstance(addr, str) or addr in self._links or addr in self._banned
+                    or self._retry_at.get(addr, 0.0) > now):
+                continue
+            sock = self._context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)  # the credit limits what is in flight
+            sock.setsockopt(zmq.MAXMSGSIZE, PIECE_SIZE + 64 * 1024)
+            sock.connect(f"tcp://{addr}")
+            sock.send(msg.codec.encode(msg.Hello(self.group, self.name, self.sha1,
+                                                 self.host.user or "", self.info["ticket"]
+                                                 ).to_wire()))
+            self._links[addr] = PeerLink(addr, sock, now, last_heard=now)
+
+    def _drop(self, link: PeerLink, picker: Picker, why: str, retry_after: float) -> None:
+        log.info("dropping peer %s for %s: %s", link.addr, self.name, why)
+        picker.remove_peer(link.addr)
+        link.sock.close(0)
+        self._links.pop(link.addr, None)
+        self._retry_at[link.addr] = time.monotonic() + retry_after
+
+    def _refresh(self, picker: Picker) -> None:
+        try:
+            info = self.host.tracker_call("file_info", {"group": self.group, "name": self.name})
+        except ProtocolError as exc:
+            log.info("cannot refresh peers of %s: %s", self.name, exc)
+            return
+        if info.get("sha1") != self.sha1:
+            return  # the name now means another file; keep what we have
+        self.info["ticket"] = info["ticket"]
+        self._connect_peers(info.get("peers", []))
+
+    def _check_timeouts(self, picker: Picker, now: float) -> None:
+        for link in list(self._links.values()):
+            if not link.ready and now - link.opened_at > HELLO_TIMEOUT:
+                self._drop(link, picker, "no answer to hello", RETRY_PEER_AFTER)
+            elif link.in_flight and now - link.last_heard > SILENCE_TIMEOUT:
+                self._drop(link, picker, "stopped answering", RETRY_PEER_AFTER)
+
+    def _fill_pipelines(self, picker: Picker) -> None:
+        for link in self._links.values():
+            if not link.ready:
+                continue
+            while len(link.in_flight) < link.credit():
+                index = picker.pick(link.addr)
+                if index is None:
+                    break
+                link.sock.send(msg.codec.encode(msg.Get(self.group, self.name, index).to_wire()))
+                link.in_flight[index] = time.monotonic()
+
+    def _update_waiting(self, picker: Picker) -> None:
+        missing = picker.unavailable()
+        if missing and not any(link.in_flight for link in self._links.values()):
+            self.waiting = (f"waiting for peers: no connected peer has the "
+                            f"{len(missing)} missing piece(s)")
+        else:
+            self.waiting = ""
+
+    # --- replies ------------------------------------------------------------------------
+
+    def _drain(self, link: PeerLink, picker: Picker, partial: PartialDownload,
+               source: Source) -> None:
+        for _ in range(64):
+            try:
+                frames = link.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            link.last_heard = time.monotonic()
+            try:
+                reply = msg.parse_reply(frames)
+            except LocalError as exc:
+                self._drop(link, picker, f"malformed reply: {exc}", RETRY_PEER_AFTER)
+                return
+            if not self._handle(link, reply, picker, partial, source):
+                return
+
+    def _handle(self, link: PeerLink, reply: msg.Reply, picker: Picker,
+                partial: PartialDownload, source: Source) -> bool:
+        """Act on one reply; False if the link was dropped."""
+        if isinstance(reply, msg.Have):
+            if reply.bits is not None:
+                try:
+                    bits = Bitfield.from_bytes(self.count, reply.bits)
+                except ValueError:
+                    self._drop(link, picker, "malformed bitfield", RETRY_PEER_AFTER)
+                    return False
+                picker.add_peer(link.addr, bits)
+                link.ready = True
+            elif reply.index is not None and 0 <= reply.index < self.count:
+                picker.peer_has(link.addr, reply.index)
+            return True
+        if isinstance(reply, msg.Refused):
+            if reply.index is None:
+                self._drop(link, picker, f"refused: {reply.error}", 10 * RETRY_PEER_AFTER)
+                return False
+            link.in_flight.pop(reply.index, None)
+            picker.failed(link.addr, reply.index)
+            return True
+        return self._piece(link, reply, picker, partial, source)
+
+    def _piece(self, link: PeerLink, piece: msg.Piece, picker: Picker,
+               partial: PartialDownload, source: Source) -> bool:
+        index = piece.index
+        sent = link.in_flight.pop(index, None)
+        if not 0 <= index < self.count or index in partial.have:
+            return True  # a duplicate from the endgame, or a piece we never asked for
+        if sent is None:
+            return True
+        now = time.monotonic()
+        size = len(piece.data)
+        if not partial.write_piece(index, piece.data):
+            sole = not any(o.addr != link.addr and o.ready for o in self._links.values())
+            self._trust.bad(link.addr, sole_source=sole)
+            picker.failed(link.addr, index)
+            log.warning("piece %d of %s from %s failed its SHA1", index, self.name, link.addr)
+            if self._trust.banned(link.addr):
+                self._banned.add(link.addr)
+                self._drop(link, picker, "sent bad pieces", 3600)
+                return False
+            return True
+        self._trust.good(link.addr)
+        since = max(now - (link.last_piece_at or sent), 1e-4)
+        link.rate = size / since if link.rate == 0 else 0.8 * link.rate + 0.2 * size / since
+        link.last_piece_at = now
+        link.received += 1
+        self.sources[link.addr] = self.sources.get(link.addr, 0) + 1
+        self._rate_window.append((now, size))
+        while now - self._rate_window[0][0] > 3.0:
+            self._rate_window.popleft()
+        for other in picker.received(link.addr, index):
+            other_link = self._links.get(other)
+            if other_link is not None:
+                other_link.in_flight.pop(index, None)
+        self._have += 1
+        if self._have == 1:
+            self.host.share_partial(source)
+        self.host.announce_piece(self.key, index)
+        return True
+
+    def _announce(self, have: Bitfield, source: Source) -> None:
+        try:
+            self.host.tracker_call("have", {"group": self.group, "name": self.name,
+                                            "have": have.to_bytes()})
+        except ProtocolError as exc:
+            log.info("could not announce progress of %s: %s", self.name, exc)
+
+    def _rate(self) -> float:
+        now = time.monotonic()
+        window = [(t, n) for t, n in list(self._rate_window) if now - t < 3.0]
+        if not window or self.state != "downloading":
+            return 0.0
+        return sum(n for _, n in window) / max(now - window[0][0], 0.5)

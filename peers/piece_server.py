@@ -1,0 +1,213 @@
+"""The ROUTER that serves pieces to members of the file's group.
+
+A downloader opens a file with Hello (user + the tracker's ticket for the group);
+the ticket is checked with a tracker once and cached briefly.  Only then are its
+Get requests served.  Pieces verified later are pushed to it as Have notices.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from p2p import codec
+from p2p.errors import LocalError
+from p2p.messages import piece as msg
+from peers.shares import Key, ShareRegistry
+
+log = logging.getLogger(__name__)
+
+TICKET_CACHE_SECONDS = 30.0
+MAX_DOWNLOADERS = 1024  # remembered downloader connections (LRU)
+
+TicketCheck = Callable[[str, str, str], bool]  # (user, group, ticket) -> valid
+
+
+class TokenBucket:
+    """Upload rate limit: ``rate`` bytes per second with a one-second burst."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self.tokens, self.stamp = rate, rate, time.monotonic()
+
+    def delay(self, size: int) -> float:
+        """Seconds to wait before ``size`` bytes may go (0 = now); takes them if so."""
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < min(size, self.rate):
+            return (min(size, self.rate) - self.tokens) / self.rate
+        self.tokens -= size
+        return 0.0
+
+
+class PieceServer:
+    """Serves this client's shared pieces on ``host:port`` from its own thread."""
+
+    def __init__(self, host: str, port: int, registry: ShareRegistry, check_ticket: TicketCheck,
+                 *, upload_limit: float | None = None,
+                 context: zmq.Context[Any] | None = None) -> None:
+        self.registry = registry
+        self._check_ticket = check_ticket
+        self._context = context or zmq.Context.instance()
+        self._bucket = TokenBucket(upload_limit) if upload_limit else None
+        self._sock = self._context.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, msg.MAX_REQUEST)
+        self._sock.setsockopt(zmq.SNDHWM, 0)  # credit-limited by downloaders; never drop
+        self._sock.bind(f"tcp://{host}:{port}")
+        self._notices = self._context.socket(zmq.PULL)
+        self._notices_addr = f"inproc://piece-notices-{id(self)}"
+        self._notices.bind(self._notices_addr)
+        self._tickets: dict[tuple[str, str, str], float] = {}
+        # identity -> files it opened; LRU so a flood of connections stays bounded
+        self._opened: collections.OrderedDict[bytes, set[Key]] = collections.OrderedDict()
+        self._queue: collections.deque[tuple[bytes, Key, int]] = collections.deque()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="piece-server", daemon=True)
+        self._local = threading.local()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def announce(self, key: Key, index: int) -> None:
+        """Tell downloaders that opened ``key`` that piece ``index`` is now here."""
+        push = getattr(self._local, "push", None)
+        if push is None:
+            push = self._context.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 0)
+            push.connect(self._notices_addr)
+            self._local.push = push
+        push.send(codec.encode([key[0], key[1], index]))
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._notices, zmq.POLLIN)
+        wait = 100
+        try:
+            while not self._stop.is_set():
+                ready = dict(poller.poll(wait))
+                if self._notices in ready:
+                    self._drain(self._notices, self._on_notice)
+                if self._sock in ready:
+                    self._drain(self._sock, self._on_request)
+                wait = self._send_queued()
+        finally:
+            self._sock.close(0)
+            self._notices.close(0)
+
+    @staticmethod
+    def _drain(sock: zmq.Socket[Any], handler: Callable[[list[bytes]], None]) -> None:
+        for _ in range(256):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                handler(frames)
+            except Exception:  # one bad message must never stop the server
+                log.exception("dropped a peer message that broke its handler")
+
+    def _on_notice(self, frames: list[bytes]) -> None:
+        group, name, index = codec.decode(frames[0])
+        for ident, opened in self._opened.items():
+            if (group, name) in opened:
+                self._sock.send_multipart([ident, *msg.have_frame(name, index)])
+
+    def _on_request(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            log.warning("dropped a peer request of %d frames", len(frames))
+            return
+        ident, body = frames
+        try:
+            request = msg.parse_request(body)
+        except LocalError as exc:
+            log.warning("bad peer request: %s", exc)
+            self._sock.send_multipart([ident, *msg.refused_frame("", exc.code, str(exc))])
+            return
+        if isinstance(request, msg.Hello):
+            self._hello(ident, request)
+        else:
+            self._get(ident, request)
+
+    def _hello(self, ident: bytes, hello: msg.Hello) -> None:
+        key = (hello.group, hello.name)
+        source = self.registry.get(key)
+        if source is None:
+            self._refuse(ident, hello.name, "not_shared", f"{hello.name} is not shared here")
+            return
+        if not self._ticket_ok(hello.user, hello.group, hello.ticket):
+            log.warning("refused %s: not a member of %s", hello.user, hello.group)
+            self._refuse(ident, hello.name, "not_member",
+                         f"{hello.user} may not download from group {hello.group}")
+            return
+        self._opened.setdefault(ident, set()).add(key)
+        self._opened.move_to_end(ident)
+        while len(self._opened) > MAX_DOWNLOADERS:
+            self._opened.popitem(last=False)
+        self._sock.send_multipart([ident, *msg.bitfield_frame(hello.name,
+                                                             source.have().to_bytes())])
+
+    def _ticket_ok(self, user: str, group: str, ticket: str) -> bool:
+        now = time.monotonic()
+        key = (user, group, ticket)
+        if self._tickets.get(key, 0.0) > now:
+            return True
+        if not self._check_ticket(user, group, ticket):
+            return False
+        if len(self._tickets) > 4096:
+            self._tickets = {k: t for k, t in self._tickets.items() if t > now}
+        self._tickets[key] = now + TICKET_CACHE_SECONDS
+        return True
+
+    def _get(self, ident: bytes, get: msg.Get) -> None:
+        key = (get.group, get.name)
+        if key not in self._opened.get(ident, ()):
+            self._refuse(ident, get.name, "not_member", "send hello with a valid ticket first",
+                         get.index)
+            return
+        self._queue.append((ident, key, get.index))
+
+    def _send_queued(self) -> int:
+        """Serve queued requests as the rate limit allows; returns ms until the next try."""
+        while self._queue:
+            ident, key, index = self._queue[0]
+            source = self.registry.get(key)
+            if source is None:
+                self._queue.popleft()
+                self._refuse(ident, key[1], "not_shared", f"{key[1]} is no longer shared", index)
+                continue
+            if self._bucket is not None:
+                delay = self._bucket.delay(min(source.size, 512 * 1024))
+                if delay > 0:
+                    return max(1, int(delay * 1000))
+            self._queue.popleft()
+            try:
+                data = source.read(index)
+            except (OSError, ValueError, KeyError, IndexError) as exc:
+                log.warning("cannot read piece %d of %s: %s", index, key[1], exc)
+                data = None
+            if data is None:
+                self._refuse(ident, key[1], "bad_piece", f"piece {index} is not available here",
+                             index)
+                continue
+            self._sock.send_multipart([ident, msg.piece_frames(key[1], index), data],
+                                      copy=False)
+            self.registry.served[key] += 1
+        return 100
+
+    def _refuse(self, ident: bytes, name: str, code: str, error: str,
+                index: int | None = None) -> None:
+        self._sock.send_multipart([ident, *msg.refused_frame(name, code, error, index)])

@@ -1,0 +1,160 @@
+"""This client's downloads: starting, listing, waiting, pausing and resuming them.
+
+Unfinished downloads are recorded in ``downloads.json`` under the data dir; the
+next login of the same user resumes them, keeping every piece already verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from p2p.errors import LocalError
+from p2p.messages.tracker import check_file_name, check_id
+from peers.download import Download, Host
+
+log = logging.getLogger(__name__)
+
+
+def resolve_destination(destination: str, name: str) -> Path:
+    """The file a download writes: ``destination/name`` for a directory, else the path.
+
+    The name is a checked base name, so the result never leaves ``destination``.
+    """
+    check_file_name(name)
+    dest = Path(destination).expanduser()
+    final = dest / name if dest.is_dir() else dest
+    final = final.absolute()
+    if not final.parent.is_dir():
+        raise LocalError(f"destination directory {final.parent} does not exist", "io_error")
+    if final.exists():
+        raise LocalError(f"{final} already exists; choose another destination", "io_error")
+    if not os.access(final.parent, os.W_OK):
+        raise LocalError(f"cannot write in {final.parent}", "io_error")
+    return final
+
+
+class Downloads:
+    """Every download this client started in this run, plus the saved unfinished ones."""
+
+    def __init__(self, data_dir: Path, host: Host) -> None:
+        self._data_dir = data_dir
+        self._record = data_dir / "downloads.json"
+        self._host = host
+        self._lock = threading.Lock()
+        self._all: list[Download] = []
+
+    def start(self, group: str, name: str, destination: str | Path,
+              resolved: bool = False) -> Download:
+        """Ask the tracker about the file and start fetching it in the background."""
+        check_id(group, "group id")
+        final = Path(destination) if resolved else resolve_destination(str(destination), name)
+        with self._lock:
+            if any(d.final_path == final and d.running for d in self._all):
+                raise LocalError(f"{final} is already being downloaded", "io_error")
+        info = self._host.tracker_call("file_info", {"group": group, "name": name})
+        if not info["peers"] and info["size"] > 0:
+            raise LocalError(f"nobody else online shares {name} in {group}", "no_seeders")
+        resume = self._data_dir / "partial" / (
+            hashlib.sha1(str(final).encode()).hexdigest()[:16] + ".json")
+        resume.parent.mkdir(parents=True, exist_ok=True)
+        download = Download(self._host, group, name, final, resume, info)
+        with self._lock:
+            self._all = [d for d in self._all if d.final_path != final]
+            self._all.append(download)
+        self._save_entry(group, name, final)
+        download.start()
+        return download
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [d.snapshot() for d in self._all]
+
+    def find(self, group: str, name: str) -> list[Download]:
+        with self._lock:
+            return [d for d in self._all if (d.group, d.name) == (group, name)]
+
+    def wait(self, group: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
+        """Block until the named download (or every running one) has ended."""
+        if group is not None and name is not None:
+            targets = self.find(group, name)
+            if not targets:
+                raise LocalError(f"no download of {name} from {group}", "no_such_file")
+        else:
+            with self._lock:
+                targets = [d for d in self._all if d.running]
+        for download in targets:
+            while not download.wait(0.2):
+                pass
+        return [d.snapshot() for d in targets]
+
+    def finished(self, download: Download) -> None:
+        """A download completed (or failed for good): it need not be resumed."""
+        self._drop_entry(download.final_path)
+
+    def pause_all(self) -> None:
+        """Stop every running download, keeping its verified pieces for a resume."""
+        with self._lock:
+            running = [d for d in self._all if d.running]
+        for download in running:
+            download.stop()
+            if download.state == "downloading":
+                download.waiting = "paused: resumes at the next login"
+            elif download.state == "failed":
+                self._drop_entry(download.final_path)
+
+    def resume_saved(self, user: str) -> list[str]:
+        """Restart the saved unfinished downloads of ``user``; returns their file names."""
+        resumed = []
+        for entry in self._entries():
+            if entry["user"] != user:
+                continue
+            final = Path(entry["path"])
+            with self._lock:
+                if any(d.final_path == final and d.running for d in self._all):
+                    continue
+            if final.exists():
+                self._drop_entry(final)
+                continue
+            try:
+                self.start(entry["group"], entry["name"], final, resolved=True)
+                resumed.append(entry["name"])
+            except Exception as exc:  # a stale entry must not stop the login
+                log.warning("cannot resume %s: %s", entry["name"], exc)
+        return resumed
+
+    # --- the record ---------------------------------------------------------------------
+
+    def _entries(self) -> list[dict[str, str]]:
+        try:
+            entries = json.loads(self._record.read_text())["downloads"]
+            return [e for e in entries if isinstance(e, dict)]
+        except FileNotFoundError:
+            return []
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable %s: %s", self._record, exc)
+            return []
+
+    def _save_entry(self, group: str, name: str, final: Path) -> None:
+        user = self._host.user or ""
+        entries = [e for e in self._entries() if e.get("path") != str(final)]
+        entries.append({"user": user, "group": group, "name": name, "path": str(final)})
+        self._write(entries)
+
+    def _drop_entry(self, final: Path) -> None:
+        entries = self._entries()
+        kept = [e for e in entries if e.get("path") != str(final)]
+        if len(kept) != len(entries):
+            self._write(kept)
+
+    def _write(self, entries: list[dict[str, str]]) -> None:
+        with self._lock:
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self._record.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"downloads": entries}, indent=1))
+            os.replace(tmp, self._record)
