@@ -51,7 +51,7 @@ def parse_host_port(text: str) -> tuple[str, int]:
             ipaddress.IPv4Address(host)
         except ValueError:
             raise ValueError(f"invalid IPv4 address {host!r}") from None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"invalid port {port_text!r} (1-65535)")
     return host, int(port_text)
 

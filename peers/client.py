@@ -234,6 +234,10 @@ class Client:
         self.downloads.finished(download)
         if download.state != "complete":
             self.registry.remove(download.key)
+            try:  # its verified pieces were discarded: stop advertising them
+                self.tracker.call("unshare", {"group": download.group, "name": download.name})
+            except ProtocolError as exc:  # not_shared if it never had a piece
+                log.info("could not withdraw failed %s: %s", download.name, exc)
             self.notify("download_failed", {"group": download.group, "file": download.name,
                                             "message": f"download of {download.name} failed: "
                                                        f"{download.error}"})

@@ -171,6 +171,7 @@ class Download:
         picker = Picker(self.count, partial.have.copy(), random.Random())
         source = Source(self.key, self.size, self.pieces, partial.part_path, partial)
         announced_at = 0.0
+        announced = partial.have.count()  # pieces the tracker was last told about
         if partial.have.count():
             self.host.share_partial(source)
             announced_at = time.monotonic()
@@ -197,8 +198,11 @@ class Download:
             for link in list(self._links.values()):
                 if link.sock in ready:
                     self._drain(link, picker, partial, source)
-            if self._have and now - announced_at > ANNOUNCE_EVERY:
-                self._announce(partial.have, source)
+            if self._have != announced and now - announced_at > ANNOUNCE_EVERY:
+                # Only news: each announcement is an event in every tracker's log.
+                if self._announce(partial.have, source):
+                    announced = self._have
+                partial.save_pending()  # verified pieces survive a crash even if none follow
                 announced_at = now
         partial.flush()
         return True
@@ -300,11 +304,16 @@ class Download:
                 picker.peer_has(link.addr, reply.index)
             return True
         if isinstance(reply, msg.Refused):
-            if reply.index is None:
-                self._drop(link, picker, f"refused: {reply.error}", 10 * RETRY_PEER_AFTER)
+            if reply.index is None or reply.code == "not_shared":
+                # Refused outright, or the peer stopped sharing the file: asking it again
+                # at once would only spin; try it later if the tracker still lists it.
+                retry = RETRY_PEER_AFTER if reply.code == "not_shared" else 10 * RETRY_PEER_AFTER
+                self._drop(link, picker, f"refused: {reply.error}", retry)
                 return False
-            link.in_flight.pop(reply.index, None)
+            if link.in_flight.pop(reply.index, None) is None:
+                return True  # not a piece we asked it for (a bad index would break the picker)
             picker.failed(link.addr, reply.index)
+            picker.peer_lacks(link.addr, reply.index)  # else we would ask it again at once
             return True
         return self._piece(link, reply, picker, partial, source)
 
@@ -347,12 +356,14 @@ class Download:
         self.host.announce_piece(self.key, index)
         return True
 
-    def _announce(self, have: Bitfield, source: Source) -> None:
+    def _announce(self, have: Bitfield, source: Source) -> bool:
         try:
             self.host.tracker_call("have", {"group": self.group, "name": self.name,
                                             "have": have.to_bytes()})
         except ProtocolError as exc:
             log.info("could not announce progress of %s: %s", self.name, exc)
+            return False
+        return True
 
     def _rate(self) -> float:
         now = time.monotonic()

@@ -110,6 +110,16 @@ class Picker:
         self._peers[peer] = bits | 1 << index
         self._bump(index, +1)
 
+    def peer_lacks(self, peer: str, index: int) -> None:
+        """The peer cannot serve ``index`` after all (it refused it); a later HAVE
+        restores it.  Ignored for a peer not (or no longer) known."""
+        self._check(index)
+        bits = self._peers.get(peer)
+        if bits is None or not bits >> index & 1:
+            return
+        self._peers[peer] = bits & ~(1 << index)
+        self._bump(index, -1)
+
     def remove_peer(self, peer: str) -> list[int]:
         """Forget a peer; returns the pieces that were in flight to it (ascending).
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +12,8 @@ from typing import Any, TextIO
 
 from p2p.errors import LocalError, ProtocolError
 from peers.client import Client
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -202,10 +206,22 @@ class Repl:
             return True
         name, args = words[0], words[1:]
         try:
+            line.encode()
+        except UnicodeEncodeError:  # undecodable input bytes, kept by surrogateescape
+            self._answer_error(name, LocalError("the line is not valid UTF-8", "bad_request"))
+            return True
+        try:
             result = self._run(name, args)
         except ProtocolError as exc:
             self._answer_error(name, exc)
             return True  # a failed command (even "exit now") changes nothing
+        except KeyboardInterrupt:
+            self._answer_error(name, LocalError("interrupted", "interrupted"))
+            return True
+        except Exception as exc:  # nothing a user types may crash the client
+            log.exception("%s failed", name)
+            self._answer_error(name, LocalError(f"internal error: {exc!r}", "internal_error"))
+            return True
         self._answer(name, args, result)
         return name != "exit"
 
@@ -249,6 +265,8 @@ class Repl:
     def loop(self, stdin: TextIO) -> None:
         """Read until ``exit`` or end of input (which also logs out)."""
         interactive = stdin.isatty() and not self.json_mode
+        if isinstance(stdin, io.TextIOWrapper):  # bad bytes must not crash the reader
+            stdin.reconfigure(errors="surrogateescape")
         if interactive:
             import readline  # noqa: F401  (line editing and history for input())
         while True:

@@ -274,6 +274,15 @@ class PartialDownload:
         self._unsaved = 0
         self._last_save = time.monotonic()
 
+    def save_pending(self) -> None:
+        """Persist the resume record if pieces were verified since it was last saved.
+
+        ``write_piece`` saves only when a piece arrives, so a download that stalls
+        calls this now and then: a crash then loses at most that interval's pieces.
+        """
+        if self._fd is not None and not self._finished and self._unsaved:
+            self._save()
+
     def flush(self) -> None:
         """Make written pieces durable and persist the resume record now."""
         fd = self._require_fd()

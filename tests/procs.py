@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -33,15 +34,30 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def _ephemeral_range() -> range:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+# Ports are drawn below the kernel's ephemeral range, so an outgoing connection's
+# source port can never take a port a test is about to (re)bind.
+_EPHEMERAL = _ephemeral_range()
+_POOL = range(20000, min(_EPHEMERAL.start, 32768)) if _EPHEMERAL.start > 21000 else range(
+    _EPHEMERAL.stop, 65000)
+
+
 def free_port() -> int:
     """A port nothing listens on now and that this test run has not handed out."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _taken:
+    rng = random.Random()
+    for _ in range(10000):
+        port = rng.choice(_POOL)
+        if port not in _taken and _bindable(port):
             _taken.add(port)
             return port
+    raise RuntimeError("no free port")
 
 
 def free_port_block(span: int = 5) -> int:
@@ -131,8 +147,8 @@ class TrackerProc:
 class ClientProc:
     """A ``python -m peers --json`` process driven line by line through stdin."""
 
-    def __init__(self, info: Path, data_dir: Path, log_path: Path, port: int | None = None
-                 ) -> None:
+    def __init__(self, info: Path, data_dir: Path, log_path: Path, port: int | None = None,
+                 extra_args: list[str] | None = None) -> None:
         self.port = port or free_port()
         self.data_dir = data_dir
         self.log_path = log_path
@@ -141,7 +157,7 @@ class ClientProc:
         err = open(log_path, "ab")  # noqa: SIM115 (handed to the child)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "peers", f"127.0.0.1:{self.port}", str(info),
-             "--data-dir", str(data_dir), "--json"],
+             "--data-dir", str(data_dir), "--json", *(extra_args or [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=_env(), cwd=ROOT,
         )
         err.close()
@@ -241,9 +257,12 @@ class Cluster:
     def tracker(self, number: int) -> TrackerProc:
         return self.trackers[number - 1]
 
-    def client(self, name: str | None = None) -> ClientProc:
+    def client(self, name: str | None = None, extra_args: list[str] | None = None
+               ) -> ClientProc:
+        """A client whose data dir is ``root/name``: the same name again reuses it."""
         name = name or f"client-{len(self.clients) + 1}"
-        client = ClientProc(self.info, self.root / name, self.root / f"{name}.log")
+        client = ClientProc(self.info, self.root / name, self.root / f"{name}.log",
+                            extra_args=extra_args)
         self.clients.append(client)
         return client
 
@@ -272,3 +291,34 @@ def cluster(root: Path, trackers: int = 1, **kwargs: Any) -> Iterator[Cluster]:
         raise
     finally:
         c.close()
+
+
+def run_module(module: str, *args: str, input: str | bytes | None = None,
+               timeout: float = 30, cwd: Path | None = None
+               ) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m module args...`` to its end, feeding ``input`` (text or raw bytes)
+    on stdin; stdout and stderr come back as text."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        input=input.encode() if isinstance(input, str) else input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True, timeout=timeout, env=_env(), cwd=cwd or ROOT,
+    )
+    return subprocess.CompletedProcess(done.args, done.returncode,
+                                       done.stdout.decode(errors="replace"),
+                                       done.stderr.decode(errors="replace"))
+
+
+def tracker_events(data_dir: Path) -> list[Any]:
+    """The events in a tracker's sqlite log, read-only (safe while the tracker runs)."""
+    import sqlite3
+
+    from p2p import codec
+    from p2p.messages.sync import Event
+
+    db = sqlite3.connect(f"file:{data_dir / 'events.sqlite3'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT body FROM events ORDER BY ts, origin, seq").fetchall()
+    finally:
+        db.close()
+    return [Event.from_wire(codec.decode(body)) for (body,) in rows]

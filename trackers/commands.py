@@ -17,10 +17,10 @@ from p2p.errors import LocalError
 from p2p.messages.tracker import MAX_PASSWORD, Reply, Request, check_file_name, check_id
 from p2p.pieces import piece_count
 from trackers import state as st
-from trackers.passwords import hash_password, verify_password
+from trackers.passwords import SALT_BYTES, hash_password, verify_password
 
-_SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
-_ADDR_RE = re.compile(r"^[A-Za-z0-9.-]{1,253}:[0-9]{1,5}$")
+_SHA1_RE = re.compile(r"^[0-9a-f]{40}\Z")
+_ADDR_RE = re.compile(r"^[A-Za-z0-9.-]{1,253}:[0-9]{1,5}\Z")
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,21 @@ class Write:
 
 @dataclass(frozen=True)
 class Context:
-    """What the impure world supplies: a fresh salt for a new password record."""
+    """What the impure world supplies: a fresh salt for a new password record, and the
+    password hash (the server hands in one whose result it computed off its loop)."""
 
     salt: bytes
+    password_hash: Callable[[str, bytes], bytes] | None = None  # None: hash_password
+
+
+def _hash(ctx: Context, password: str, salt: bytes) -> bytes:
+    return (ctx.password_hash or hash_password)(password, salt)
+
+
+def _password_matches(ctx: Context, password: str, record: bytes) -> bool:
+    if ctx.password_hash is None:
+        return verify_password(password, record)
+    return hmac.compare_digest(ctx.password_hash(password, record[:SALT_BYTES]), record)
 
 
 Plan = Write | Reply
@@ -66,7 +78,7 @@ def _refuse(req: Request, outcome: st.Outcome) -> Reply:
 
 def _arg(req: Request, name: str) -> Any:
     if name not in req.args:
-        raise LocalError(f"{req.op} needs argument '{name}'", "usage")
+        raise LocalError(f"{req.op} needs argument '{name}'", "bad_request")
     return req.args[name]
 
 
@@ -110,13 +122,14 @@ def _create_user(state: st.State, req: Request, ctx: Context) -> Plan:
     outcome = st.check(state, "create_user", {"user": user})
     if not outcome.ok:
         return _refuse(req, outcome)
-    return Write("create_user", {"user": user, "pw": hash_password(password, ctx.salt)})
+    return Write("create_user", {"user": user, "pw": _hash(ctx, password, ctx.salt)})
 
 
 def _login(state: st.State, req: Request, ctx: Context) -> Plan:
     user, password = _id(req, "user", "user id"), _password(req)
     addr = _arg(req, "addr")
-    if not isinstance(addr, str) or not _ADDR_RE.match(addr):
+    if (not isinstance(addr, str) or not _ADDR_RE.match(addr)
+            or not 0 < int(addr.rsplit(":", 1)[1]) <= 65535):
         raise LocalError("login needs the client's peer address HOST:PORT", "bad_request")
     if req.token is None:
         raise LocalError("login needs a session token", "bad_request")
@@ -126,7 +139,7 @@ def _login(state: st.State, req: Request, ctx: Context) -> Plan:
     record = state.users.get(user)
     if record is None:
         return _refuse(req, st.fail("no_such_user", f"user {user} does not exist"))
-    if not verify_password(password, record):
+    if not _password_matches(ctx, password, record):
         return _refuse(req, st.fail("bad_credentials", "wrong password"))
     return _write_checked(state, req, "login",
                           {"user": user, "sid": sid, "cid": req.cid, "addr": addr})

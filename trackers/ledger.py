@@ -12,20 +12,22 @@ class Ledger:
     """Keeps ``state == fold(events)`` as events arrive in any order."""
 
     def __init__(self, events: list[Event] | None = None) -> None:
-        self.events: list[Event] = sorted(events or [], key=lambda e: e.key)
-        self._keys = [e.key for e in self.events]
-        self._ids = {(e.origin, e.seq) for e in self.events}
-        self.state = st.fold(self.events)
+        self.events: list[Event] = []
+        self._keys: list[tuple[int, int, int]] = []
+        self._ids: set[tuple[int, int]] = set()
+        self.state = st.State()
         self.refolds = 0
+        self.add(events or [])  # in key order into an empty ledger: the fold, no replay
 
     def __contains__(self, event_id: tuple[int, int]) -> bool:
         return event_id in self._ids
 
     def add(self, events: list[Event]) -> None:
         """Insert events not held yet; replay from scratch if one lands in the past."""
-        fresh = [e for e in sorted(events, key=lambda e: e.key) if (e.origin, e.seq) not in self]
         refold = False
-        for event in fresh:
+        for event in sorted(events, key=lambda e: e.key):
+            if (event.origin, event.seq) in self:  # held, or earlier in this same batch
+                continue
             at = bisect.bisect(self._keys, event.key)
             refold = refold or at < len(self._keys)
             self._keys.insert(at, event.key)

@@ -1,4 +1,9 @@
-"""The tracker's thin loop: sockets and timers around the pure ledger and commands."""
+"""The tracker's thin loop: sockets and timers around the pure ledger, commands and quorum.
+
+A write is answered only once its event is in the local log and every other live
+tracker has acked holding it (``trackers.quorum``); the client's envelope waits in
+``Waits`` meanwhile, and the loop carries on serving others.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +22,65 @@ import zmq
 from p2p import codec
 from p2p.config import TrackerAddress
 from p2p.errors import LocalError
-from p2p.messages.sync import Event
+from p2p.messages.sync import Event, Vector
 from p2p.messages.tracker import Reply, Request
 from trackers import commands
 from trackers import state as st
 from trackers.clock import HybridClock
 from trackers.ledger import Ledger
 from trackers.log import EventLog
-from trackers.passwords import SALT_BYTES
+from trackers.passwords import SALT_BYTES, hash_password
+from trackers.quorum import View, Waits, combine
+from trackers.replication import Replication
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 16 * 1024 * 1024
 SESSION_TIMEOUT = 10.0  # a client not heard from for this long is logged out
 _TICK = 0.1
+_MIN_TICK = 0.002
+_MAX_DEFERRED = 10_000
 
 Envelope = list[bytes]
+_HASHED_OPS = ("create_user", "login")  # these need scrypt (~70 ms): done off the loop
+
+
+class _NeedsHash(Exception):
+    """Raised by the probe below: the plan got as far as hashing this password."""
+
+    def __init__(self, password: str, salt: bytes) -> None:
+        super().__init__("password hash needed")
+        self.password, self.salt = password, salt
+
+
+def _needs_hash(password: str, salt: bytes) -> bytes:
+    raise _NeedsHash(password, salt)
+
+
+@dataclass
+class _Hashing:
+    """A create_user or login whose password hash is being computed in a worker thread."""
+
+    req: Request
+    envelope: Envelope
+    salt: bytes  # for a new record
+    password: str
+    hash_salt: bytes  # what the hash is computed with (the record's salt for a login)
+    future: Future[bytes]
+
+    def context(self) -> commands.Context:
+        computed = self.future.result()
+
+        def password_hash(password: str, salt: bytes) -> bytes:
+            if (password, salt) == (self.password, self.hash_salt):
+                return computed
+            return hash_password(password, salt)  # the record changed meanwhile: rare
+
+        return commands.Context(salt=self.salt, password_hash=password_hash)
 
 
 class TrackerServer:
-    """One tracker: answers clients on its port and keeps the durable log."""
+    """One tracker: answers clients on its port, keeps the durable log, replicates it."""
 
     def __init__(
         self,
@@ -52,17 +98,39 @@ class TrackerServer:
         events = self.log.load()
         self.ledger = Ledger(events)
         self.clock = HybridClock()
+        self.have: Vector = self.log.vector()
+        self.seq = self.have.get(self.me.number, 0)
+        # cid -> (rid, origin, seq): which event carries each client's latest request
+        self.requests: dict[str, tuple[int, int, int]] = {}
         for event in events:
             self.clock.observe(event.ts)
-        self.seq = self.log.vector().get(self.me.number, 0)
+            self._index(event)
         now = time.monotonic()
         # Clients of a restarted tracker get a full timeout to show they are alive.
         self.last_seen: dict[str, float] = {sid: now for sid in self.ledger.state.sessions}
+        self._heard_sids: set[str] = set()
+        self._batching = False
+        self._unflushed: list[Event] = []  # made here, applied, not yet durable
+        self._held: list[tuple[Envelope, Reply]] = []  # replies waiting for that commit
+        self._deferred: list[list[bytes]] = []  # requests that came before we caught up
+        # scrypt releases the GIL: hashing in threads keeps the loop (acks, heartbeats)
+        # going, so a burst of logins does not make this tracker look dead to the others.
+        self._hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scrypt")
+        self._hashing: list[_Hashing] = []
+        self.view = View(number, [t.number for t in trackers], now)
+        self.waits = Waits(self.view)
         self.context = context or zmq.Context.instance()
         self.frontend = self.context.socket(zmq.ROUTER)
         self.frontend.setsockopt(zmq.LINGER, 0)
         self.frontend.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
-        self.frontend.bind(f"tcp://{self.me.host}:{self.me.port}")
+        try:
+            self.frontend.bind(f"tcp://{self.me.host}:{self.me.port}")
+            self.replication = Replication(self.context, trackers, self.me, self,
+                                           self.view, self.waits)
+        except zmq.ZMQError:
+            self.frontend.close(0)
+            self.log.close()
+            raise
         self._next_expiry = now + 1.0
         self._timers: list[Callable[[float], None]] = [self._expire_sessions]
         log.info("%s serving, %d events in log, state %s", self.me, len(events), self.digest())
@@ -73,34 +141,83 @@ class TrackerServer:
         """Serve until ``stop`` is set."""
         poller = zmq.Poller()
         poller.register(self.frontend, zmq.POLLIN)
+        for sock in self.replication.sockets():
+            poller.register(sock, zmq.POLLIN)
+        self.replication.start(time.monotonic())
         try:
             while not stop.is_set():
-                ready = dict(poller.poll(int(_TICK * 1000)))
-                if self.frontend in ready:
-                    self._drain(self.frontend, self._on_client)
+                ready = dict(poller.poll(self._poll_ms()))
                 now = time.monotonic()
-                for timer in self._timers:
-                    timer(now)
+                self.replication.on_ready(ready, now)
+                if (self.frontend in ready or any(h.future.done() for h in self._hashing)
+                        or (self._deferred and self.replication.ready(now))):
+                    self._serve_clients()
+                self.step(time.monotonic())
         finally:
             self.close()
 
+    def step(self, now: float) -> None:
+        """Timers: heartbeats, catch-up retries, answering confirmed writes, expiry."""
+        if self.replication.tick(now, self._heard_sids):
+            self._heard_sids = set()
+        self._settle(now)
+        for timer in self._timers:
+            timer(now)
+
+    def _poll_ms(self) -> int:
+        now = time.monotonic()
+        wake = min(now + _TICK, self.replication.next_heartbeat())
+        if self._deferred:
+            wake = min(wake, now + 0.02)
+        if self._hashing:
+            wake = min(wake, now + 0.005)
+        deadline = self.waits.next_deadline(now)
+        if deadline is not None:
+            wake = min(wake, deadline)
+        return int(max(_MIN_TICK, wake - now) * 1000)
+
     def close(self) -> None:
+        self._hasher.shutdown(wait=False, cancel_futures=True)
         self.frontend.close(0)
+        self.replication.close()
         self.log.close()
 
-    @staticmethod
-    def _drain(sock: zmq.Socket[Any], handler: Callable[[list[bytes]], None]) -> None:
-        for _ in range(1000):  # bounded, so one busy socket cannot starve the timers
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                handler(frames)
-            except Exception:  # one bad message must never stop the tracker
-                log.exception("dropped a message that broke its handler")
-
     # --- clients ------------------------------------------------------------------------
+
+    def _serve_clients(self) -> None:
+        """Handle what clients sent, with one durable commit for all the writes among it
+        (group commit); no reply leaves before that commit."""
+        self._batching = True
+        try:
+            if self._deferred and self.replication.ready(time.monotonic()):
+                deferred, self._deferred = self._deferred, []
+                log.info("caught up; serving %d requests that came meanwhile", len(deferred))
+                for frames in deferred:
+                    self._on_client_safely(frames)
+            for job in [h for h in self._hashing if h.future.done()]:
+                self._hashing.remove(job)
+                try:
+                    reply = self.handle(job.req, job.envelope, job.context())
+                except Exception:
+                    log.exception("dropped a request that broke its handler")
+                    continue
+                if reply is not None:
+                    self._send(job.envelope, reply)
+            for _ in range(1000):  # bounded, so a busy socket cannot starve the timers
+                try:
+                    frames = self.frontend.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._on_client_safely(frames)
+        finally:
+            self._batching = False
+            self._flush()
+
+    def _on_client_safely(self, frames: list[bytes]) -> None:
+        try:
+            self._on_client(frames)
+        except Exception:  # one bad message must never stop the tracker
+            log.exception("dropped a message that broke its handler")
 
     def _on_client(self, frames: list[bytes]) -> None:
         if len(frames) < 2:
@@ -113,54 +230,170 @@ class TrackerServer:
             log.warning("bad client request: %s", exc)
             self._send(envelope, Reply.failure(-1, exc.code, f"bad request: {exc}"))
             return
-        self._send(envelope, self.handle(req))
+        if req.op != "status" and not self.replication.ready(time.monotonic()):
+            if len(self._deferred) < _MAX_DEFERRED:  # beyond: the client will retry
+                self._deferred.append(frames)
+            return
+        if self._hash_first(req, envelope):
+            return
+        reply = self.handle(req, envelope)
+        if reply is not None:
+            self._send(envelope, reply)
 
-    def handle(self, req: Request) -> Reply:
-        """Answer one request: a read from the state, or a write made durable first."""
+    def _hash_first(self, req: Request, envelope: Envelope) -> bool:
+        """A create_user or login that gets as far as hashing its password has the hash
+        computed in a worker thread, and is handled again once it is done.  False when
+        the request was answered without hashing (refused, a retry, not such an op)."""
+        if req.op not in _HASHED_OPS:
+            return False
+        salt = os.urandom(SALT_BYTES)
+        try:
+            reply = self.handle(req, envelope, commands.Context(salt, _needs_hash))
+        except _NeedsHash as need:
+            future = self._hasher.submit(hash_password, need.password, need.salt)
+            self._hashing.append(_Hashing(req, envelope, salt, need.password, need.salt,
+                                          future))
+            return True
+        if reply is not None:
+            self._send(envelope, reply)
+        return True
+
+    def handle(self, req: Request, envelope: Envelope | None = None,
+               ctx: commands.Context | None = None) -> Reply | None:
+        """Answer one request now (a read, a refusal), or None: a write whose answer
+        waits for the other trackers; it goes to ``envelope`` once confirmed."""
         if req.op == "status":
             return Reply(req.rid, True, self.status())
+        now = time.monotonic()
         state = self.ledger.state
         if req.token is not None:
             sid = commands.session_id(req.token)
             if sid in state.sessions:
-                self.last_seen[sid] = time.monotonic()
+                self.last_seen[sid] = now
+                self._heard_sids.add(sid)
         done = st.outcome_of(state, req.cid, req.rid)
-        if done is not None:  # a retry of a request that already took effect
-            return self._reply(req.rid, done)
-        plan = commands.plan(state, req, commands.Context(salt=os.urandom(SALT_BYTES)))
+        if done is not None:  # a retry of a request that already became an event
+            return self._retry(req, done, envelope, now)
+        plan = commands.plan(state, req, ctx or commands.Context(salt=os.urandom(SALT_BYTES)))
         if isinstance(plan, Reply):
             return plan
         log.info("%s from client %s", plan.type, req.cid[:8])
-        self.append_local(plan.type, plan.data, req.cid, req.rid)
+        event = self.append_local(plan.type, plan.data, req.cid, req.rid)
         if plan.type == "login":
-            self.last_seen[plan.data["sid"]] = time.monotonic()
-        outcome = st.outcome_of(self.ledger.state, req.cid, req.rid)
-        return self._reply(req.rid, outcome or st.fail("bad_request", "request was lost"))
+            self.last_seen[plan.data["sid"]] = now
+        if envelope is None:
+            return self._reply(req.rid, st.outcome_of(self.ledger.state, req.cid, req.rid))
+        self.waits.start(event.id, req.cid, req.rid, now, envelope)
+        return None
+
+    def _retry(self, req: Request, done: st.Outcome, envelope: Envelope | None,
+               now: float) -> Reply | None:
+        """A retry joins the wait of its first attempt, or waits until the event that
+        carries it is held by every live tracker, then gets the first attempt's answer."""
+        if envelope is None:
+            return self._reply(req.rid, done)
+        if self.waits.join(req.cid, req.rid, envelope):
+            return None
+        rid, origin, seq = self.requests.get(req.cid, (-1, 0, 0))
+        if rid != req.rid:
+            return self._reply(req.rid, done)
+        self.waits.start((origin, seq), req.cid, req.rid, now, envelope)
+        return None
+
+    def _settle(self, now: float) -> None:
+        for wait in self.waits.settle(now):
+            outcome = combine(st.outcome_of(self.ledger.state, wait.cid, wait.rid),
+                              wait.reported)
+            reply = self._reply(wait.rid, outcome)
+            for envelope in wait.waiters:
+                self._send(envelope, reply)
 
     @staticmethod
-    def _reply(rid: int, outcome: st.Outcome) -> Reply:
+    def _reply(rid: int, outcome: st.Outcome | None) -> Reply:
+        if outcome is None:
+            return Reply.failure(rid, "bad_request", "request was lost")
         if outcome.ok:
             return Reply(rid, True, None)
         return Reply.failure(rid, outcome.code, outcome.error)
 
     def _send(self, envelope: Envelope, reply: Reply) -> None:
+        if self._batching:  # held until the writes of this batch are durable
+            self._held.append((envelope, reply))
+            return
         self.frontend.send_multipart([*envelope, codec.encode(reply.to_wire())])
 
-    # --- the log ------------------------------------------------------------------------
+    # --- the log (also the Store that replication uses) ----------------------------------
 
     def append_local(self, etype: str, data: dict[str, Any], cid: str = "", rid: int = 0) -> Event:
-        """Make, store durably and apply an event originating here."""
+        """Make and apply an event originating here; it is stored durably, then published,
+        at once or (while serving a batch of client messages) at the batch's end."""
         event = Event(self.me.number, self.seq + 1, self.clock.now(), cid, rid, etype, data)
-        self.log.append([event])
-        self.seq = event.seq
-        self.ledger.add([event])
+        self._apply([event])
+        self._unflushed.append(event)
+        if not self._batching:
+            self._flush()
         return event
 
+    def _flush(self) -> None:
+        """Commit the events made here since the last flush, publish them, then send the
+        replies held meanwhile.  A failing commit raises: the tracker stops rather than
+        serve a state its log does not hold."""
+        if self._unflushed:
+            self.log.append(self._unflushed)
+            for event in self._unflushed:
+                self.replication.publish(event)
+            self._unflushed = []
+        held, self._held = self._held, []
+        for envelope, reply in held:
+            self._send(envelope, reply)
+
+    def _apply(self, events: list[Event]) -> None:
+        for event in events:
+            self.have[event.origin] = max(self.have.get(event.origin, 0), event.seq)
+            self.clock.observe(event.ts)
+            self._index(event)
+        self.seq = max(self.seq, self.have.get(self.me.number, 0))
+        self.ledger.add(events)
+
+    def _index(self, event: Event) -> None:
+        if event.cid:
+            known = self.requests.get(event.cid)
+            if known is None or known[0] < event.rid:
+                self.requests[event.cid] = (event.rid, event.origin, event.seq)
+
+    def vector(self) -> Vector:
+        return dict(self.have)
+
+    def since(self, vector: Vector, limit: int) -> list[Event]:
+        return self.log.since(vector, limit)
+
+    def accept(self, events: list[Event]) -> None:
+        self.log.append(events)  # durable before they are applied or acked
+        self._apply(events)
+
+    def verdict(self, event: Event) -> st.Outcome | None:
+        return st.outcome_of(self.ledger.state, event.cid, event.rid)
+
+    def sessions_heard(self, sids: Iterable[str]) -> None:
+        now = time.monotonic()
+        sessions = self.ledger.state.sessions
+        for sid in sids:
+            if sid in sessions:
+                self.last_seen[sid] = now
+
+    # --- sessions -----------------------------------------------------------------------
+
     def _expire_sessions(self, now: float) -> None:
+        """The lowest-numbered live tracker logs out clients no tracker heard from lately."""
         if now < self._next_expiry:
             return
         self._next_expiry = now + 1.0
-        for sid in list(self.ledger.state.sessions):
+        sessions = self.ledger.state.sessions
+        for sid in [s for s in self.last_seen if s not in sessions]:
+            del self.last_seen[sid]
+        if self.view.leader(now) != self.me.number:
+            return
+        for sid in list(sessions):
             seen = self.last_seen.setdefault(sid, now)
             if now - seen > self.session_timeout:
                 log.info("session %s timed out, logging it out", sid[:8])
@@ -175,12 +408,18 @@ class TrackerServer:
     def status(self) -> dict[str, Any]:
         """What ``p2p-tracker --status`` shows for this tracker."""
         state = self.ledger.state
+        now = time.monotonic()
         return {
             "tracker": self.me.number,
             "digest": self.digest(),
-            "applied": {str(k): v for k, v in sorted(self.log.vector().items())},
+            "applied": {str(k): v for k, v in sorted(self.have.items())},
             "events": len(self.ledger.events),
             "users": len(state.users),
             "groups": len(state.groups),
             "sessions": len(state.sessions),
+            "peers": self.view.describe(now),
+            "leader": self.view.leader(now),
+            "waiting": len(self.waits),
+            "refolds": self.ledger.refolds,
+            "replication": dict(self.replication.stats),
         }

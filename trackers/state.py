@@ -27,6 +27,7 @@ class Outcome:
 
 
 OK = Outcome(True)
+OUTCOME_WINDOW = 16  # outcomes remembered per client, for recognising retries
 
 
 def fail(code: str, error: str) -> Outcome:
@@ -61,7 +62,8 @@ class State:
     groups: dict[str, Group] = field(default_factory=dict)
     sessions: dict[str, Session] = field(default_factory=dict)  # sid -> session
     files: dict[str, dict[str, SharedFile]] = field(default_factory=dict)  # group -> name -> file
-    outcomes: dict[str, tuple[int, Outcome]] = field(default_factory=dict)  # cid -> last write
+    # cid -> {rid: outcome} of that client's latest write requests
+    outcomes: dict[str, dict[int, Outcome]] = field(default_factory=dict)
 
 
 Check = Callable[[State, dict[str, Any]], Outcome]
@@ -269,6 +271,42 @@ RULES: dict[str, tuple[Check, Change]] = {
 }
 
 
+_FILE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "sid": str, "group": str, "name": str, "size": int, "sha1": str, "pieces": bytes,
+    "have": (bytes, type(None)),
+}
+# The data each event type carries.  Commands always build it whole; an event that
+# lacks a field or has one of the wrong type (a bug, or a hostile tracker) is refused
+# as a whole, rather than half-applied or raising in the middle of a fold.
+FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "create_user": {"user": str, "pw": bytes},
+    "login": {"user": str, "sid": str, "cid": str, "addr": str},
+    "logout": {"sid": str},
+    "create_group": {"group": str, "user": str},
+    "join_group": {"group": str, "user": str},
+    "leave_group": {"group": str, "user": str},
+    "accept_request": {"group": str, "user": str, "member": str},
+    "reject_request": {"group": str, "user": str, "member": str},
+    "share": _FILE_FIELDS,
+    "have": _FILE_FIELDS,
+    "unshare": {"sid": str, "group": str, "name": str},
+}
+
+
+def well_formed(etype: str, data: Any) -> Outcome:
+    """Does an event's data have every field its type needs, each of the right type?"""
+    fields = FIELDS.get(etype)
+    if fields is None:
+        return fail("bad_request", f"unknown event type {etype!r}")
+    if not isinstance(data, dict):
+        return fail("bad_request", f"malformed {etype} event: data is not a map")
+    for name, kind in fields.items():
+        value = data.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return fail("bad_request", f"malformed {etype} event: bad field {name!r}")
+    return OK
+
+
 def check(state: State, etype: str, data: dict[str, Any]) -> Outcome:
     """Would an event of this type and data take effect on ``state`` now?"""
     rule = RULES.get(etype)
@@ -285,16 +323,24 @@ def apply(state: State, event: Event) -> Outcome:
 
     A second event of the same client request (a retry that reached another
     tracker) is a duplicate: it changes nothing and the first one's outcome stands.
+    A client's requests may fold in another order than it sent them (a tracker
+    with a lagging clock took the later one), so an older rid is not stale.
     """
     if event.cid:
-        last = state.outcomes.get(event.cid)
-        if last is not None and last[0] >= event.rid:
-            return last[1] if last[0] == event.rid else fail("bad_request", "stale request")
-    outcome = check(state, event.type, event.data)
+        known = state.outcomes.get(event.cid, {}).get(event.rid)
+        if known is not None:
+            return known
+    outcome = well_formed(event.type, event.data)
+    if outcome.ok:
+        outcome = check(state, event.type, event.data)
     if outcome.ok:
         RULES[event.type][1](state, event.data)
     if event.cid:
-        state.outcomes[event.cid] = (event.rid, outcome)
+        recent = state.outcomes.setdefault(event.cid, {})
+        recent[event.rid] = outcome
+        if len(recent) > OUTCOME_WINDOW:
+            # A client retries only its current request, so old rids can go.
+            del recent[min(recent)]
     return outcome
 
 
@@ -308,8 +354,7 @@ def fold(events: list[Event]) -> State:
 
 def outcome_of(state: State, cid: str, rid: int) -> Outcome | None:
     """The recorded outcome of client request (cid, rid), if it became an event."""
-    last = state.outcomes.get(cid)
-    return last[1] if last is not None and last[0] == rid else None
+    return state.outcomes.get(cid, {}).get(rid)
 
 
 def canonical(state: State) -> Any:
@@ -323,7 +368,8 @@ def canonical(state: State) -> Any:
             for g, files in state.files.items()
             for n, f in files.items()
         ),
-        sorted((c, r, o.ok, o.code) for c, (r, o) in state.outcomes.items()),
+        sorted((c, r, o.ok, o.code) for c, rids in state.outcomes.items()
+               for r, o in rids.items()),
     ]
 
 

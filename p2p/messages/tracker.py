@@ -8,7 +8,7 @@ from typing import Any
 
 from p2p.errors import LocalError
 
-ID_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+ID_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}\Z")
 MAX_PASSWORD = 1024
 
 

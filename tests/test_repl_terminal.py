@@ -1,0 +1,236 @@
+"""The interactive REPL as a person sees it: a real client on a pseudo-terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.procs import ROOT, Cluster, free_port, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+PROMPT = "p2p> "
+_ESCAPES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_]|\][^\x07]*\x07)")
+
+
+# Runs in the child before the client: make the terminal (fd 0) the controlling tty of
+# this new session, so Ctrl-C typed there is a SIGINT, then become the client.
+_TAKE_TTY = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+             "os.execv(sys.argv[1], sys.argv[1:])")
+
+
+class Terminal:
+    """A child process whose stdin, stdout and stderr are a pseudo-terminal.
+
+    Started with subprocess (no fork in Python code: the test process has threads).
+    """
+
+    def __init__(self, argv: list[str], cwd: Path) -> None:
+        env = dict(os.environ, TERM="xterm-256color", PYTHONUNBUFFERED="1",
+                   PYTHONFAULTHANDLER="1",  # a hung client shows its threads on SIGABRT
+                   PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        master, slave = pty.openpty()
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 132, 0, 0))
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _TAKE_TTY, *argv], stdin=slave, stdout=slave,
+                stderr=slave, cwd=cwd, env=env, start_new_session=True)
+        finally:
+            os.close(slave)
+        self.fd = master
+        self.raw = b""
+        self.seen = 0
+
+    @property
+    def text(self) -> str:
+        return _ESCAPES.sub("", self.raw.decode(errors="replace")).replace("\r", "")
+
+    def _read(self, timeout: float) -> bool:
+        """Read what is there within ``timeout``; False once the terminal is closed."""
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready:
+            return True
+        try:
+            chunk = os.read(self.fd, 65536)
+        except OSError:  # EIO: the child closed its end
+            return False
+        self.raw += chunk
+        return bool(chunk)
+
+    def _drain(self) -> None:
+        """Read whatever is there now, without waiting."""
+        while select.select([self.fd], [], [], 0)[0] and self._read(0):
+            pass
+
+    def expect(self, marker: str, timeout: float = 15) -> str:
+        """Everything printed after the last expect up to ``marker``; consumes both."""
+        deadline = time.monotonic() + timeout
+        while True:
+            at = self.text.find(marker, self.seen)
+            if at >= 0:
+                before = self.text[self.seen:at]
+                self.seen = at + len(marker)
+                return before
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._read(min(left, 0.2)):
+                raise AssertionError(f"no {marker!r} within {timeout} s; screen so far:\n"
+                                     f"{self.text[self.seen:]!r}\n{self._proc_state()}")
+
+    def _proc_state(self) -> str:
+        """The child's state, for a failure message (stopped? waiting on what?)."""
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text().split()
+            wchan = Path(f"/proc/{self.proc.pid}/wchan").read_text()
+        except OSError:
+            return f"child exit status {self.proc.poll()}"
+        os.kill(self.proc.pid, signal.SIGABRT)  # PYTHONFAULTHANDLER: dump every thread
+        with contextlib.suppress(AssertionError):
+            wait_for(self._exited, 5, "the dump")
+        self._drain()
+        return (f"child state {stat[2]} pgrp {stat[4]} tpgid {stat[7]} wchan {wchan}\n"
+                + self.text[-6000:])
+
+    def interrupt(self) -> None:
+        """Type Ctrl-C once the client waits for a key.
+
+        CPython's readline notices a signal only while it blocks in select(); one that
+        lands just before (the moment the prompt is drawn) waits for the next key.
+        """
+        wchan = Path(f"/proc/{self.proc.pid}/wchan")
+        if wchan.exists():
+            wait_for(lambda: any(w in wchan.read_text() for w in ("poll", "select")), 10,
+                     "the client to wait for input")
+        self.type("\x03")
+
+    def type(self, line: str) -> None:
+        os.write(self.fd, line.encode())
+
+    def command(self, line: str) -> list[str]:
+        """Type a line at the prompt; the lines printed before the next prompt."""
+        self.type(line + "\n")
+        out = self.expect(PROMPT).splitlines()
+        assert out and out[0].strip() == line.strip(), f"echo of {line!r} missing: {out}"
+        return out[1:]
+
+    def _exited(self) -> bool:
+        self._drain()  # so the child never blocks on output
+        return self.proc.poll() is not None
+
+    def wait(self, timeout: float = 15) -> int:
+        wait_for(self._exited, timeout, "the client to exit")
+        return int(self.proc.returncode)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        os.close(self.fd)
+
+
+@pytest.fixture
+def terminal(one_tracker: Cluster, tmp_path: Path) -> Iterator[Terminal]:
+    term = Terminal([sys.executable, "-m", "peers", f"127.0.0.1:{free_port()}",
+                     str(one_tracker.info), "--data-dir", str(tmp_path / "tty-client")],
+                    cwd=tmp_path)
+    try:
+        yield term
+    except BaseException:
+        sys.stderr.write(f"--- terminal\n{term.text[-4000:]}\n")
+        raise
+    finally:
+        term.close()
+
+
+def sessions(c: Cluster) -> int:
+    status = c.tracker(1).status()
+    assert status is not None
+    return int(status["sessions"])
+
+
+def test_prompt_table_errors_and_ctrl_d(one_tracker: Cluster, terminal: Terminal) -> None:
+    c = one_tracker
+    assert terminal.expect(PROMPT).strip() == ""  # nothing before the first prompt
+
+    assert terminal.command("create_user alice pw") == ["user alice created"]
+    assert terminal.command("list_groups") == ["error: not logged in: use login "
+                                               "<user_id> <password>"]
+    assert terminal.command("login alice pw") == ["logged in as alice"]
+    assert terminal.command("list_groups") == ["no groups yet"]
+    assert terminal.command("create_group g1") == ["group g1 created; you are its owner"]
+    assert terminal.command("") == []  # an empty line just prompts again
+
+    other = c.client("bob")
+    other.ok("create_user bob_the_long_named pw")
+    other.ok("login bob_the_long_named pw")
+    other.ok("create_group a_much_longer_group_name")
+    other.ok("join_group g1")
+
+    # list_groups: a table with a header and aligned columns.
+    table = terminal.command("list_groups")
+    assert [row.split() for row in table] == [
+        ["GROUP", "OWNER", "MEMBERS"],
+        ["a_much_longer_group_name", "bob_the_long_named", "1"],
+        ["g1", "alice", "1"],
+    ]
+    header = table[0]
+    for row in table[1:]:
+        assert row.index(row.split()[1]) == header.index("OWNER"), table
+        assert row.rindex(row.split()[2]) == header.index("MEMBERS"), table
+
+    assert terminal.command("list_requests g1") == ["bob_the_long_named"]
+    assert terminal.command("accept_request g1 bob_the_long_named") == [
+        "bob_the_long_named is now a member of g1"]
+
+    # Every failure is exactly one line starting with "error:".
+    for line in ("join_group nope", "accept_request g1 nobody", "frobnicate",
+                 "create_group", "login alice pw", "create_group g1",
+                 "list_requests a_much_longer_group_name", "help nope"):
+        out = terminal.command(line)
+        assert len(out) == 1 and out[0].startswith("error: "), f"{line!r} -> {out}"
+    assert terminal.command("create_group") == ["error: usage: create_group <group_id>"]
+
+    helped = terminal.command("help")
+    assert any("accept_request <group_id> <user_id>" in line for line in helped)
+    assert terminal.command("help login")[0] == "usage: login <user_id> <password>"
+
+    # Ctrl-D at the prompt: log out and exit 0.
+    assert sessions(c) == 2
+    terminal.type("\x04")
+    assert terminal.wait() == 0
+    assert "Traceback" not in terminal.text
+    assert sessions(c) == 1
+
+
+def test_ctrl_c_at_the_prompt_and_exit(one_tracker: Cluster, terminal: Terminal) -> None:
+    terminal.expect(PROMPT)
+    terminal.type("create_user ca pw\n")
+    terminal.expect("user ca created")
+    terminal.expect(PROMPT)
+    terminal.type("half a line")
+    terminal.expect("half a line")
+    terminal.interrupt()  # Ctrl-C drops the line and gives a new prompt
+    terminal.expect(PROMPT)
+    assert terminal.command("login ca pw") == ["logged in as ca"]
+    terminal.interrupt()
+    terminal.expect(PROMPT)
+    assert terminal.command("list_groups") == ["no groups yet"]
+    assert sessions(one_tracker) == 1
+    terminal.type("exit\n")
+    terminal.expect("bye")
+    assert terminal.wait() == 0
+    assert "Traceback" not in terminal.text
+    assert sessions(one_tracker) == 0

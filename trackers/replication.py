@@ -1,0 +1,375 @@
+"""Replication between trackers: events and heartbeats on PUB/SUB, catch-up and acks
+over ROUTER/DEALER (the Clone pattern of the ZeroMQ guide, with acks added).
+
+Sockets of tracker N (``PORT`` is its client port):
+
+- ``PORT+1`` PUB: every event made here, once it is durable, and a heartbeat every
+  ``HEARTBEAT_INTERVAL`` (sender, version vector, sessions heard from lately).
+- ``PORT+2`` ROUTER: catch-up requests (answered with batches) and acks from peers.
+- one SUB connected to every other tracker's PUB; one DEALER per peer, connected to
+  that peer's ROUTER, for our catch-up requests (and their answers) and our acks.
+
+An event is appended only when it extends its origin's contiguous run; anything else
+is dropped, and the hole is filled by asking a peer that holds more (noticed from a
+gap in the stream or from a heartbeat vector), so nothing relies on PUB/SUB
+delivering every message.  The decisions live in ``trackers.quorum``; this class
+only moves bytes and calls into the store (the server) for the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from itertools import islice
+from typing import Any, Protocol
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from p2p.config import TrackerAddress
+from p2p.errors import LocalError
+from p2p.messages.sync import (
+    MAX_SIDS,
+    Ack,
+    Batch,
+    CatchUp,
+    Event,
+    Heartbeat,
+    SyncMessage,
+    Vector,
+    Verdict,
+    decode_sync,
+    encode_sync,
+)
+from trackers.quorum import (
+    HEARTBEAT_INTERVAL,
+    STARTUP_GRACE,
+    View,
+    Waits,
+    contiguous,
+    lacking,
+)
+from trackers.state import Outcome
+
+log = logging.getLogger(__name__)
+
+PUB_OFFSET, PEER_OFFSET = 1, 2
+MAX_MESSAGE = 16 * 1024 * 1024
+BATCH_EVENTS = 500  # events per catch-up answer ...
+BATCH_BYTES = 2 * 1024 * 1024  # ... and roughly this many bytes at most
+_DRAIN = 1000  # messages taken from one socket per loop turn
+
+
+class Store(Protocol):
+    """What replication needs from the tracker that owns the log and the state."""
+
+    def vector(self) -> Vector:
+        """origin -> highest contiguous seq held."""
+
+    def since(self, vector: Vector, limit: int) -> list[Event]:
+        """Events beyond ``vector``, ascending per origin."""
+
+    def accept(self, events: list[Event]) -> None:
+        """Append events that extend the log contiguously, durably, then apply them."""
+
+    def verdict(self, event: Event) -> Outcome | None:
+        """How the client request of ``event`` turned out here."""
+
+    def sessions_heard(self, sids: Iterable[str]) -> None:
+        """Sessions another tracker heard from lately."""
+
+
+def _socket(context: zmq.Context[Any], kind: int) -> zmq.Socket[Any]:
+    sock = context.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+    # ZMTP heartbeats drop a connection whose other end went silent (a cut link, a hung
+    # peer), so it is re-established promptly once the peer can be reached again.
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+    return sock
+
+
+class Replication:
+    """The sockets of one tracker towards the others, driven by the server's loop."""
+
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        trackers: list[TrackerAddress],
+        me: TrackerAddress,
+        store: Store,
+        view: View,
+        waits: Waits,
+    ) -> None:
+        self.me = me.number
+        self.store = store
+        self.view = view
+        self.waits = waits
+        self.pub = _socket(context, zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, 100_000)
+        self.router = _socket(context, zmq.ROUTER)
+        self.sub = _socket(context, zmq.SUB)
+        self.sub.setsockopt(zmq.RCVHWM, 100_000)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.dealers: dict[int, zmq.Socket[Any]] = {}
+        self._by_socket: dict[zmq.Socket[Any], int] = {}
+        # A peer whose connection to our DEALER drops (SIGKILL, crash) is suspect at
+        # once; a hung one is caught by the quorum timeouts instead.
+        self._monitors: dict[zmq.Socket[Any], int] = {}
+        try:
+            self.pub.bind(me.endpoint(PUB_OFFSET))
+            self.router.bind(me.endpoint(PEER_OFFSET))
+            for peer in trackers:
+                if peer.number == self.me:
+                    continue
+                self.sub.connect(peer.endpoint(PUB_OFFSET))
+                dealer = _socket(context, zmq.DEALER)
+                dealer.setsockopt(zmq.SNDHWM, 1000)
+                dealer.connect(peer.endpoint(PEER_OFFSET))
+                self.dealers[peer.number] = dealer
+                self._by_socket[dealer] = peer.number
+                monitor = dealer.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+                self._monitors[monitor] = peer.number
+        except zmq.ZMQError:
+            self.close()
+            raise
+        self._next_heartbeat = 0.0
+        self._awaiting: set[int] = set()  # peers whose startup catch-up is not complete
+        self._ready_at = 0.0
+        self._live: dict[int, bool] = {}
+        self._warned: set[str] = set()
+        self.stats: dict[str, int] = defaultdict(int)
+
+    def sockets(self) -> list[zmq.Socket[Any]]:
+        return [self.sub, self.router, *self.dealers.values(), *self._monitors]
+
+    def close(self) -> None:
+        for dealer in self.dealers.values():
+            with contextlib.suppress(zmq.ZMQError):
+                dealer.disable_monitor()
+        for sock in [self.pub, self.router, self.sub, *self.dealers.values(), *self._monitors]:
+            sock.close(0)
+
+    # --- out ----------------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Ask every peer at once for what we lack (queued until connected), so a
+        restarted tracker catches up by itself before it serves."""
+        self._awaiting = set(self.dealers)
+        self._ready_at = now + STARTUP_GRACE
+        for peer in self.dealers:
+            self._ask(peer, now)
+
+    def ready(self, now: float) -> bool:
+        """Caught up with every peer since start, or the peers took too long to answer."""
+        return not self._awaiting or now >= self._ready_at
+
+    def publish(self, event: Event) -> None:
+        """Send an event made here (already durable) to every subscriber."""
+        self.pub.send(encode_sync(event))
+        self.stats["published"] += 1
+
+    def tick(self, now: float, sids: Iterable[str]) -> bool:
+        """Heartbeat when due and retry catch-up; True when a heartbeat went out."""
+        self._ask_lacking(now)
+        self._note_liveness(now)
+        if now < self._next_heartbeat:
+            return False
+        self._next_heartbeat = now + HEARTBEAT_INTERVAL
+        beat = Heartbeat(self.me, self.store.vector(), tuple(islice(sids, MAX_SIDS)))
+        self.pub.send(encode_sync(beat))
+        return True
+
+    def next_heartbeat(self) -> float:
+        return self._next_heartbeat
+
+    def _to_peer(self, peer: int, message: SyncMessage) -> bool:
+        dealer = self.dealers.get(peer)
+        if dealer is None:
+            return False
+        try:
+            dealer.send(encode_sync(message), zmq.NOBLOCK)
+        except zmq.Again:  # that peer's queue is full: it is hung; heartbeats cover us
+            self.stats["dropped_to_peer"] += 1
+            return False
+        return True
+
+    def _ask(self, peer: int, now: float) -> None:
+        if self._to_peer(peer, CatchUp(self.me, self.store.vector())):
+            self.view.asked(peer, now)
+            self.stats["catch_up_requests"] += 1
+
+    def _note_liveness(self, now: float) -> None:
+        for peer in self.view.peers:
+            live = self.view.is_live(peer, now) and self.view.peers[peer].contacted
+            if self._live.get(peer, False) != live:
+                self._live[peer] = live
+                log.info("tracker %d is %s", peer, "live" if live else "not answering")
+
+    def _ask_lacking(self, now: float) -> None:
+        mine = self.store.vector()
+        for peer in self.view.catch_up_from(mine, now):
+            log.info("tracker %d holds events we lack %s: catching up",
+                     peer, lacking(mine, self.view.peers[peer].holds))
+            self._ask(peer, now)
+
+    # --- in -----------------------------------------------------------------------------
+
+    def on_ready(self, ready: dict[Any, int], now: float) -> None:
+        """Drain whichever replication sockets the poller found readable."""
+        if self.sub in ready:
+            events: list[Event] = []
+            for frames in self._recv(self.sub):
+                message = self._decode(frames[-1], "subscription")
+                if isinstance(message, Event):
+                    events.append(message)
+                elif isinstance(message, Heartbeat):
+                    self._on_heartbeat(message, now)
+                elif message is not None:
+                    self._warn("sub-kind", f"unexpected {type(message).__name__} on PUB")
+            if events:
+                self._on_events(events, now, source=None)
+        if self.router in ready:
+            for frames in self._recv(self.router):
+                self._on_router(frames, now)
+        for dealer, peer in self._by_socket.items():
+            if dealer in ready:
+                for frames in self._recv(dealer):
+                    self._on_dealer(peer, frames, now)
+        for monitor, peer in self._monitors.items():  # after the data, which may be newer
+            if monitor in ready:
+                for frames in self._recv(monitor):
+                    if parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED:
+                        log.info("lost the connection to tracker %d", peer)
+                        self.view.suspect(peer)
+
+    @staticmethod
+    def _recv(sock: zmq.Socket[Any]) -> list[list[bytes]]:
+        out: list[list[bytes]] = []
+        for _ in range(_DRAIN):
+            try:
+                out.append(sock.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        return out
+
+    def _decode(self, frame: bytes, where: str) -> SyncMessage | None:
+        try:
+            return decode_sync(frame, max_size=MAX_MESSAGE)
+        except LocalError as exc:
+            self._warn(f"bad-{where.replace(' ', '-')}",
+                       f"dropped a malformed frame from {where}: {exc}")
+            return None
+
+    def _warn(self, key: str, message: str) -> None:
+        """Log a kind of trouble once (a flood of garbage must not flood the log)."""
+        self.stats[key] += 1
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s (further ones counted in status, not logged)", message)
+
+    def _known(self, number: int, what: str) -> bool:
+        if number == self.me or number not in self.view.peers:
+            kind = what.split(" ", 1)[-1].replace(" ", "-")
+            self._warn(f"unknown-{kind}", f"dropped {what} naming tracker {number}, "
+                                          "which is not one of our peers")
+            return False
+        return True
+
+    def _on_heartbeat(self, beat: Heartbeat, now: float) -> None:
+        if not self._known(beat.sender, "a heartbeat"):
+            return
+        self.view.heard(beat.sender, now)
+        self.view.holds_vector(beat.sender, beat.vector)
+        self.store.sessions_heard(beat.sids)
+        if lacking(self.store.vector(), beat.vector) and not self.view.asking(beat.sender, now):
+            self._ask(beat.sender, now)
+
+    def _on_router(self, frames: list[bytes], now: float) -> None:
+        if len(frames) != 2:
+            self._warn("router-envelope", "dropped a peer message without its envelope")
+            return
+        message = self._decode(frames[1], "peer port")
+        if isinstance(message, CatchUp):
+            if self._known(message.sender, "a catch-up request"):
+                self.view.heard(message.sender, now)
+                self.view.holds_vector(message.sender, message.vector)
+                self.router.send_multipart([frames[0], encode_sync(self._batch(message))])
+        elif isinstance(message, Ack):
+            if self._known(message.sender, "an ack"):
+                self._on_ack(message, now)
+        elif message is not None:
+            self._warn("router-kind", f"unexpected {type(message).__name__} on the peer port")
+
+    def _batch(self, request: CatchUp) -> Batch:
+        events = self.store.since(request.vector, BATCH_EVENTS)
+        more = len(events) >= BATCH_EVENTS
+        size = 0
+        for i, event in enumerate(events):
+            size += len(encode_sync(event))
+            if size > BATCH_BYTES and i > 0:
+                events, more = events[:i], True
+                break
+        self.stats["batches_sent"] += 1
+        return Batch(self.me, tuple(events), more)
+
+    def _on_ack(self, ack: Ack, now: float) -> None:
+        self.view.heard(ack.sender, now)
+        self.view.acked(ack.sender, ack.origin, ack.upto)
+        for verdict in ack.verdicts:
+            self.waits.report(ack.origin, verdict.seq,
+                              Outcome(verdict.ok, verdict.code, verdict.error))
+
+    def _on_dealer(self, peer: int, frames: list[bytes], now: float) -> None:
+        message = self._decode(frames[-1], f"tracker {peer}")
+        if not isinstance(message, Batch):
+            if message is not None:
+                self._warn("dealer-kind", f"unexpected {type(message).__name__} from a peer")
+            return
+        if message.sender != peer:
+            self._warn("batch-sender", f"tracker {peer} answered as {message.sender}")
+            return
+        self.view.heard(peer, now)
+        self.view.asked(peer, None)
+        if not message.more:
+            self._awaiting.discard(peer)
+        self.stats["batches_received"] += 1
+        self._on_events(list(message.events), now, source=peer)
+        if message.more or lacking(self.store.vector(), self.view.peers[peer].holds):
+            self._ask(peer, now)
+
+    def _on_events(self, events: list[Event], now: float, source: int | None) -> None:
+        """Append what extends the log, ack it to its origins, and ask for what is missing."""
+        known = [e for e in events if e.origin == self.me or self._known(e.origin, "an event")]
+        if source is None:  # from PUB: each tracker publishes only its own events
+            for origin in {e.origin for e in known}:
+                self.view.heard(origin, now)
+        fresh, gap = contiguous(self.store.vector(), known)
+        if fresh:
+            self.store.accept(fresh)
+            self.stats["events_received"] += len(fresh)
+            self._ack(fresh)
+            if source is not None:
+                self.view.holds_vector(source, self.store.vector())
+        if gap:
+            self.stats["gaps"] += 1
+            peers = {source} if source is not None else {e.origin for e in known}
+            for peer in peers:
+                if peer != self.me and not self.view.asking(peer, now):
+                    self._ask(peer, now)
+
+    def _ack(self, events: list[Event]) -> None:
+        by_origin: dict[int, list[Verdict]] = defaultdict(list)
+        for event in events:
+            verdicts = by_origin[event.origin]
+            if event.cid:
+                outcome = self.store.verdict(event)
+                if outcome is not None:
+                    verdicts.append(Verdict(event.seq, outcome.ok, outcome.code, outcome.error))
+        vector = self.store.vector()
+        for origin, verdicts in by_origin.items():
+            if origin != self.me:
+                self._to_peer(origin, Ack(self.me, origin, vector[origin], tuple(verdicts)))
