@@ -107,7 +107,8 @@ class Client:
                 continue
             try:
                 self._announce_share(saved.group, saved.name, saved.size, saved.sha1,
-                                     bytes.fromhex(saved.pieces), Path(saved.path))
+                                     bytes.fromhex(saved.pieces), Path(saved.path),
+                                     saved.mtime_ns)
                 reshared.append(label)
             except ProtocolError as exc:
                 dropped.append(label)
@@ -166,17 +167,19 @@ class Client:
         except OSError as exc:
             raise LocalError(f"cannot read {path_text}: {exc}", "io_error") from None
         pieces = b"".join(digest.piece_hashes)
-        self._announce_share(group, name, digest.size, digest.sha1, pieces, path)
+        self._announce_share(group, name, digest.size, digest.sha1, pieces, path,
+                             before.st_mtime_ns)
         self.registry.remember(SavedShare(user, group, name, str(path), digest.size,
                                           digest.sha1, pieces.hex(), before.st_mtime_ns))
         return {"name": name, "size": digest.size, "sha1": digest.sha1,
                 "pieces": len(digest.piece_hashes)}
 
     def _announce_share(self, group: str, name: str, size: int, sha1: str, pieces: bytes,
-                        path: Path) -> None:
+                        path: Path, mtime_ns: int) -> None:
         self.tracker.call("share", {"group": group, "name": name, "size": size, "sha1": sha1,
                                     "pieces": pieces})
-        self.registry.put(Source((group, name), size, pieces, path))
+        self.registry.put(Source((group, name), size, pieces, path, sha1=sha1,
+                                 mtime_ns=mtime_ns))
 
     def list_files(self, group: str) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.group_call("list_files", group)
@@ -198,6 +201,12 @@ class Client:
 
     def download_file(self, group: str, name: str, destination: str) -> dict[str, Any]:
         self.require_login()
+        shared = self.registry.get((group, name))
+        if shared is not None and shared.partial is None:
+            # A download would replace the complete file we serve with an empty partial.
+            raise LocalError(f"you already share {name} in {group} (from {shared.path}); "
+                             f"stop_share {group} {name} first to download it again",
+                             "file_exists")
         download = self.downloads.start(group, name, destination)
         return {"group": group, "file": name, "path": str(download.final_path)}
 
@@ -243,11 +252,13 @@ class Client:
                                                        f"{download.error}"})
             return
         path = download.final_path
-        self.registry.put(Source(download.key, download.size, download.pieces, path))
+        mtime_ns = path.stat().st_mtime_ns  # the file was just verified whole
+        self.registry.put(Source(download.key, download.size, download.pieces, path,
+                                 sha1=download.sha1, mtime_ns=mtime_ns))
         if self.user is not None:
             self.registry.remember(SavedShare(
                 self.user, download.group, download.name, str(path), download.size,
-                download.sha1, download.pieces.hex(), path.stat().st_mtime_ns))
+                download.sha1, download.pieces.hex(), mtime_ns))
             try:
                 self.tracker.call("have", {"group": download.group, "name": download.name,
                                            "have": None})

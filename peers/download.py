@@ -10,6 +10,7 @@ whole file before it appears under its real name.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import random
 import threading
@@ -36,6 +37,7 @@ REFRESH_EVERY = 2.0  # ask the tracker for new peers this often
 ANNOUNCE_EVERY = 1.0  # tell the tracker our progress at most this often
 MIN_CREDIT, MAX_CREDIT = 2, 24
 PIPELINE_SECONDS = 0.05  # keep this much of a peer's measured rate in flight
+CANCEL_LINGER_MS = 200  # a closed link's cancels get this long to reach the peer
 
 
 class Host(Protocol):
@@ -138,9 +140,13 @@ class Download:
                                            [self.pieces[i * 20:(i + 1) * 20]
                                             for i in range(self.count)], self.resume_path)
             self._have = partial.have.count()
+            started = time.monotonic()
             if self._transfer(partial):
+                transferred = time.monotonic()
                 partial.finish()
                 self.state = "complete"
+                log.info("%s: %d bytes fetched in %.2f s, whole-file check %.2f s", self.name,
+                         self.size, transferred - started, time.monotonic() - transferred)
         except IntegrityError:
             self._fail("the whole file's SHA1 does not match; nothing was kept")
             partial = None
@@ -151,7 +157,7 @@ class Download:
             self._fail(f"internal error: {exc!r}")
         finally:
             for link in list(self._links.values()):
-                link.sock.close(0)
+                self._close(link)
             self._links.clear()
             if partial is not None:
                 if self.state == "failed":
@@ -229,9 +235,24 @@ class Download:
     def _drop(self, link: PeerLink, picker: Picker, why: str, retry_after: float) -> None:
         log.info("dropping peer %s for %s: %s", link.addr, self.name, why)
         picker.remove_peer(link.addr)
-        link.sock.close(0)
+        self._close(link)
         self._links.pop(link.addr, None)
         self._retry_at[link.addr] = time.monotonic() + retry_after
+
+    def _cancel(self, link: PeerLink | None, index: int) -> None:
+        """Withdraw our request for piece ``index`` from ``link``, if one is out."""
+        if link is None or link.in_flight.pop(index, None) is None:
+            return
+        cancel = msg.Cancel(self.group, self.name, index)
+        with contextlib.suppress(zmq.Again):  # the peer drops it from its queue, unsent
+            link.sock.send(msg.codec.encode(cancel.to_wire()), zmq.NOBLOCK)
+
+    def _close(self, link: PeerLink) -> None:
+        """Close a link, withdrawing first every request still out to the peer."""
+        cancelled = bool(link.in_flight)
+        for index in list(link.in_flight):
+            self._cancel(link, index)
+        link.sock.close(CANCEL_LINGER_MS if cancelled else 0)
 
     def _refresh(self, picker: Picker) -> None:
         try:
@@ -347,9 +368,7 @@ class Download:
         while now - self._rate_window[0][0] > 3.0:
             self._rate_window.popleft()
         for other in picker.received(link.addr, index):
-            other_link = self._links.get(other)
-            if other_link is not None:
-                other_link.in_flight.pop(index, None)
+            self._cancel(self._links.get(other), index)
         self._have += 1
         if self._have == 1:
             self.host.share_partial(source)

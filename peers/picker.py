@@ -15,6 +15,8 @@ from p2p.pieces import Bitfield, iter_set_bits
 
 __all__ = ["Picker", "Trust"]
 
+TIE_WINDOW = 64  # rarest-first ties are drawn from this many lowest-numbered pieces
+
 
 def _nth_set_bit(value: int, n: int) -> int:
     """Position of the n-th (0-based, lowest first) set bit of ``value``."""
@@ -34,10 +36,10 @@ class Picker:
     """Piece selection for one download.
 
     A few random pieces first (something to trade quickly), then rarest first with
-    random ties; a piece is in flight to one peer at a time, except in endgame,
-    when every missing piece that any peer has is already requested: then a piece
-    may be requested from up to ``endgame_dup`` peers, and ``received`` names the
-    others to cancel.
+    random ties among the lowest-numbered ``TIE_WINDOW``; a piece is in flight to
+    one peer at a time, except in endgame, when every missing piece that any peer
+    has is already requested: then a piece may be requested from up to
+    ``endgame_dup`` peers, and ``received`` names the others to cancel.
     """
 
     def __init__(
@@ -153,6 +155,15 @@ class Picker:
     def _random_bit(self, value: int) -> int:
         return _nth_set_bit(value, self._rng.randrange(value.bit_count()))
 
+    def _random_low_bit(self, value: int) -> int:
+        """A random one of the ``TIE_WINDOW`` lowest set bits of ``value``.
+
+        Ties among the rarest pieces are broken at random (downloaders of one
+        seeder still fetch different pieces), but near the front of the file, so
+        pieces arrive almost in order and the whole-file SHA1 keeps pace.
+        """
+        return _nth_set_bit(value, self._rng.randrange(min(value.bit_count(), TIE_WINDOW)))
+
     def pick(self, peer: str) -> int | None:
         """Next piece to request from ``peer``, now marked in flight to it.
 
@@ -173,7 +184,7 @@ class Picker:
                 for level in self._levels[1:]:
                     rarest = candidates & level
                     if rarest:
-                        index = self._random_bit(rarest)
+                        index = self._random_low_bit(rarest)
                         break
             self._request(peer, index)
             return index

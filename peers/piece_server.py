@@ -1,8 +1,11 @@
 """The ROUTER that serves pieces to members of the file's group.
 
-A downloader opens a file with Hello (user + the tracker's ticket for the group);
-the ticket is checked with a tracker once and cached briefly.  Only then are its
-Get requests served.  Pieces verified later are pushed to it as Have notices.
+A downloader opens a file with Hello (user + the tracker's ticket for the group,
+and the file's SHA1, which must be the one shared here); the ticket is checked
+with a tracker once and cached briefly.  Only then are its Get requests served,
+in order, as the upload limit allows; a Cancel withdraws one still queued, and a
+downloader found gone (its connection closed) loses all its queued requests.
+Pieces verified later are pushed to it as Have notices.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from peers.shares import Key, ShareRegistry
 
 log = logging.getLogger(__name__)
 
-TICKET_CACHE_SECONDS = 30.0
+TICKET_CACHE_SECONDS = 5.0  # how long a user who left the group can still open files
 MAX_DOWNLOADERS = 1024  # remembered downloader connections (LRU)
 
 TicketCheck = Callable[[str, str, str], bool]  # (user, group, ticket) -> valid
@@ -60,11 +63,14 @@ class PieceServer:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, msg.MAX_REQUEST)
         self._sock.setsockopt(zmq.SNDHWM, 0)  # credit-limited by downloaders; never drop
+        # A send to a downloader that went away raises instead of vanishing: see _send.
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._sock.bind(f"tcp://{host}:{port}")
         self._notices = self._context.socket(zmq.PULL)
         self._notices_addr = f"inproc://piece-notices-{id(self)}"
         self._notices.bind(self._notices_addr)
         self._tickets: dict[tuple[str, str, str], float] = {}
+        self._watched: set[Key] = set()  # files some downloader opened (read by announce)
         # identity -> files it opened; LRU so a flood of connections stays bounded
         self._opened: collections.OrderedDict[bytes, set[Key]] = collections.OrderedDict()
         self._queue: collections.deque[tuple[bytes, Key, int]] = collections.deque()
@@ -81,6 +87,8 @@ class PieceServer:
 
     def announce(self, key: Key, index: int) -> None:
         """Tell downloaders that opened ``key`` that piece ``index`` is now here."""
+        if key not in self._watched:  # nobody to tell: skip the hop to the server thread
+            return
         push = getattr(self._local, "push", None)
         if push is None:
             push = self._context.socket(zmq.PUSH)
@@ -122,9 +130,9 @@ class PieceServer:
 
     def _on_notice(self, frames: list[bytes]) -> None:
         group, name, index = codec.decode(frames[0])
-        for ident, opened in self._opened.items():
+        for ident, opened in list(self._opened.items()):  # _send may forget some
             if (group, name) in opened:
-                self._sock.send_multipart([ident, *msg.have_frame(name, index)])
+                self._send(ident, msg.have_frame(name, index))
 
     def _on_request(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -139,8 +147,10 @@ class PieceServer:
             return
         if isinstance(request, msg.Hello):
             self._hello(ident, request)
-        else:
+        elif isinstance(request, msg.Get):
             self._get(ident, request)
+        else:
+            self._cancel(ident, request)
 
     def _hello(self, ident: bytes, hello: msg.Hello) -> None:
         key = (hello.group, hello.name)
@@ -148,17 +158,21 @@ class PieceServer:
         if source is None:
             self._refuse(ident, hello.name, "not_shared", f"{hello.name} is not shared here")
             return
+        if hello.sha1 != source.sha1:
+            self._refuse(ident, hello.name, "not_shared",
+                         f"the {hello.name} shared here has another SHA1 ({source.sha1})")
+            return
         if not self._ticket_ok(hello.user, hello.group, hello.ticket):
             log.warning("refused %s: not a member of %s", hello.user, hello.group)
             self._refuse(ident, hello.name, "not_member",
                          f"{hello.user} may not download from group {hello.group}")
             return
         self._opened.setdefault(ident, set()).add(key)
+        self._watched.add(key)
         self._opened.move_to_end(ident)
         while len(self._opened) > MAX_DOWNLOADERS:
             self._opened.popitem(last=False)
-        self._sock.send_multipart([ident, *msg.bitfield_frame(hello.name,
-                                                             source.have().to_bytes())])
+        self._send(ident, msg.bitfield_frame(hello.name, source.have().to_bytes()))
 
     def _ticket_ok(self, user: str, group: str, ticket: str) -> bool:
         now = time.monotonic()
@@ -179,6 +193,28 @@ class PieceServer:
                          get.index)
             return
         self._queue.append((ident, key, get.index))
+
+    def _cancel(self, ident: bytes, cancel: msg.Cancel) -> None:
+        """Drop a queued Get of this downloader; one already sent (or unknown) is ignored."""
+        entry = (ident, (cancel.group, cancel.name), cancel.index)
+        if entry in self._queue:
+            self._queue = collections.deque(e for e in self._queue if e != entry)
+
+    def _send(self, ident: bytes, frames: list[Any], copy: bool = True) -> bool:
+        """Send to one downloader; if it is gone, forget it and its queued requests."""
+        try:
+            self._sock.send_multipart([ident, *frames], copy=copy)
+        except zmq.Again:  # not with SNDHWM=0; never let it stop the loop
+            log.warning("dropped a reply to a downloader whose queue is full")
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self._opened.pop(ident, None)
+            if any(e[0] == ident for e in self._queue):
+                self._queue = collections.deque(e for e in self._queue if e[0] != ident)
+            return False
+        return True
 
     def _send_queued(self) -> int:
         """Serve queued requests as the rate limit allows; returns ms until the next try."""
@@ -203,11 +239,11 @@ class PieceServer:
                 self._refuse(ident, key[1], "bad_piece", f"piece {index} is not available here",
                              index)
                 continue
-            self._sock.send_multipart([ident, msg.piece_frames(key[1], index), data],
-                                      copy=False)
-            self.registry.served[key] += 1
+            # A plain copy of 512 KiB costs less than zero-copy's per-frame bookkeeping.
+            if self._send(ident, [msg.piece_frames(key[1], index), data], copy=True):
+                self.registry.served[key] += 1
         return 100
 
     def _refuse(self, ident: bytes, name: str, code: str, error: str,
                 index: int | None = None) -> None:
-        self._sock.send_multipart([ident, *msg.refused_frame(name, code, error, index)])
+        self._send(ident, msg.refused_frame(name, code, error, index))

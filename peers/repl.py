@@ -14,6 +14,7 @@ from p2p.errors import LocalError, ProtocolError
 from peers.client import Client
 
 log = logging.getLogger(__name__)
+PROMPT = "p2p> "
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,7 @@ class Repl:
         self.out, self.err = out, err
         self.json_mode = json_mode
         self._print_lock = threading.Lock()
+        self._at_prompt = False  # a terminal user is typing after "p2p> "
 
     def event(self, name: str, data: dict[str, Any]) -> None:
         """Something the client wants to say outside a command's answer."""
@@ -197,7 +199,18 @@ class Repl:
             self._emit(json.dumps({"event": name, **data}))
         else:
             with self._print_lock:
-                print(f"[{name}] {data.get('message', '')}", file=self.err, flush=True)
+                text = f"[{name}] {data.get('message', '')}"
+                if not self._at_prompt:
+                    print(text, file=self.err, flush=True)
+                    return
+                # Print the notice above the prompt and redraw what was being typed,
+                # so nothing the user sees is garbled.
+                import readline
+
+                self.err.write(f"\r\x1b[K{text}\n")
+                self.err.flush()
+                self.out.write(PROMPT + readline.get_line_buffer())
+                self.out.flush()
 
     def execute(self, line: str) -> bool:
         """Run one line; returns False when the REPL should stop."""
@@ -271,12 +284,17 @@ class Repl:
             import readline  # noqa: F401  (line editing and history for input())
         while True:
             try:
-                line = input("p2p> ") if interactive else stdin.readline()
+                self._at_prompt = interactive
+                line = input(PROMPT) if interactive else stdin.readline()
             except EOFError:
+                if interactive:
+                    print(file=self.out)  # leave the shell prompt on a line of its own
                 break
             except KeyboardInterrupt:
                 print(file=self.out)
                 continue
+            finally:
+                self._at_prompt = False
             if not interactive and line == "":
                 break
             if not self.execute(line):

@@ -49,9 +49,16 @@ class Source:
     """Where the pieces of one shared file come from: a whole file or a partial."""
 
     def __init__(self, key: Key, size: int, pieces: bytes, path: Path,
-                 partial: PartialDownload | None = None) -> None:
+                 partial: PartialDownload | None = None, *, sha1: str | None = None,
+                 mtime_ns: int | None = None) -> None:
         self.key, self.size, self.pieces, self.path = key, size, pieces, path
         self.partial = partial
+        self.mtime_ns = mtime_ns  # of the complete file when it was hashed
+        if sha1 is None:  # a partial knows the whole file's SHA1; a complete file must say
+            if partial is None:
+                raise ValueError("a complete file's Source needs its whole-file sha1")
+            sha1 = partial.sha1
+        self.sha1 = sha1  # what a downloader's Hello must name
         self._fd: int | None = None
 
     def have(self) -> Bitfield:
@@ -62,20 +69,25 @@ class Source:
     def read(self, index: int) -> bytes | None:
         """Piece ``index`` if we have it and it still matches its hash, else None.
 
-        Checking here means a file altered on disk after sharing is never passed
-        on: the downloader would reject it anyway, but only after the transfer.
+        A partial download's pieces were verified as they were written.  A whole
+        file is trusted while its size and mtime are those it had when it was
+        hashed; once they change, every piece is checked before it goes out, so
+        a file altered on disk after sharing is never passed on.
         """
         if self.partial is not None:
             if index not in self.partial.have:
                 return None
-            data = self.partial.read_piece(index)
-        else:
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDONLY)
-            offset, length = piece_range(index, self.size)
-            data = os.pread(self._fd, length, offset)
-            if len(data) != length:
-                return None
+            return self.partial.read_piece(index)
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        offset, length = piece_range(index, self.size)
+        data = os.pread(self._fd, length, offset)
+        if len(data) != length:
+            return None
+        st = os.fstat(self._fd)
+        if self.mtime_ns is not None and (st.st_size, st.st_mtime_ns) == (self.size,
+                                                                           self.mtime_ns):
+            return data
         if piece_sha1(data) != self.pieces[index * 20:(index + 1) * 20]:
             log.warning("%s piece %d no longer matches its hash: not serving it",
                         self.path, index)

@@ -81,7 +81,9 @@ def test_download_errors_leave_nothing_behind(one_tracker: Cluster, tmp_path: Pa
         bob.fails(f"download_file g {bad} {dest}", "bad_request")
     bob.fails(f"download_file g nope.bin {dest}", "no_such_file")
     bob.fails(f"download_file g9 f.bin {dest / 'x.bin'}", "no_such_group")
-    alice.fails(f"download_file g f.bin {dest / 'mine.bin'}", "no_seeders")  # only herself
+    # alice shares it herself: a download would swap her complete file for a partial.
+    assert "already share" in alice.fails(f"download_file g f.bin {dest / 'mine.bin'}",
+                                          "file_exists")
 
     assert not (tmp_path / "missing").exists()
     assert sorted(p.name for p in dest.iterdir()) == ["f.bin"]
@@ -94,6 +96,16 @@ def test_download_errors_leave_nothing_behind(one_tracker: Cluster, tmp_path: Pa
     done(bob, "g", "f.bin")
     assert (dest / "copy.bin").read_bytes() == data
     assert leftovers(dest) == []
+    # bob now shares the complete copy: fetching it again is refused the same way.
+    bob.fails(f"download_file g f.bin {dest / 'again.bin'}", "file_exists")
+    assert [(d["path"], d["state"]) for d in bob.ok("show_downloads")] == [
+        (str(dest / "copy.bin"), "complete")]
+    assert [(s["path"], s["complete"]) for s in bob.ok("list_shares")] == [
+        (str(dest / "copy.bin"), True)]
+    bob.ok("stop_share g f.bin")  # once no longer shared, it may be downloaded again
+    bob.ok(f"download_file g f.bin {dest / 'again.bin'}")
+    done(bob, "g", "f.bin")
+    assert (dest / "again.bin").read_bytes() == data
 
 
 def test_empty_and_one_byte_files(one_tracker: Cluster, tmp_path: Path) -> None:

@@ -73,8 +73,13 @@ def test_non_member_is_refused_by_tracker_and_by_peers(one_tracker: Cluster,
     assert served(alice, "g", "f.bin") == 0
     probe.close()
 
-    # Control: the same server does serve a member with a valid ticket.
+    # A member with a valid ticket, but naming another file's SHA1: not this file.
     probe = Probe(alice)
+    _refused(probe, probe.hello("g", "f.bin", "0" * 40, "bob", g_ticket), "not_shared")
+    assert "SHA1" in probe.last["error"]
+    _refused(probe, probe.get("g", "f.bin", 0), "not_member")  # so nothing was opened
+
+    # Control: the same server does serve a member with a valid ticket.
     have = probe.hello("g", "f.bin", sha1, "bob", g_ticket)
     assert isinstance(have, msg.Have) and have.bits is not None
     assert Bitfield.from_bytes(2, have.bits).complete

@@ -30,7 +30,7 @@ def picker(n: int, have: Iterable[int] = (), seed: int = 0, **kw: int) -> Picker
 def test_random_start_varies_with_seed_and_stays_within_peer() -> None:
     n = 64
     peer_pieces = set(range(0, n, 3))
-    firsts = set()
+    firsts: set[int] = set()
     for seed in range(30):
         p = picker(n, seed=seed)
         p.add_peer("a", bf(n, peer_pieces))
@@ -408,3 +408,25 @@ def test_trust_sole_source_bans_at_once() -> None:
     t.bad("a", sole_source=True)
     assert t.banned("a")
     assert not t.banned("b")
+
+
+def test_rarest_ties_are_drawn_from_the_lowest_pieces() -> None:
+    from peers.picker import TIE_WINDOW
+
+    n = 4 * TIE_WINDOW
+    have = Bitfield(n)
+    for i in range(8):  # past the random start
+        have.add(i)
+    firsts: set[int] = set()
+    for seed in range(20):
+        picker = Picker(n, have.copy(), random.Random(seed))
+        picker.add_peer("p", Bitfield.full(n))
+        requested: set[int] = set()
+        for k in range(TIE_WINDOW):
+            window = sorted(set(range(8, n)) - requested)[:TIE_WINDOW]
+            index = picker.pick("p")
+            assert index in window
+            requested.add(index)
+            if k == 0:
+                firsts.add(index)
+    assert len(firsts) > 5  # still random within the window

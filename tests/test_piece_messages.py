@@ -25,7 +25,8 @@ _values = st.recursive(
     | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
-_kinds = st.sampled_from(["hello", "get", "piece", "bitfield", "have", "refused", "bogus"])
+_kinds = st.sampled_from(["hello", "get", "cancel", "piece", "bitfield", "have", "refused",
+                          "bogus"])
 _keys = st.sampled_from(["t", "group", "name", "sha1", "user", "ticket", "index", "bits",
                          "code", "error"])
 # Maps that look almost right: a known "t" and known keys holding arbitrary values.
@@ -55,6 +56,12 @@ def test_get_round_trips() -> None:
     assert msg.parse_request(codec.encode(get.to_wire())) == get
 
 
+def test_cancel_round_trips() -> None:
+    cancel = msg.Cancel("g1", "file.bin", 7)
+    assert msg.parse_request(codec.encode(cancel.to_wire())) == cancel
+    assert cancel != msg.Get("g1", "file.bin", 7)
+
+
 def test_replies_round_trip() -> None:
     assert msg.parse_reply(msg.bitfield_frame("f", b"\xff\x80")) == msg.Have("f", bits=b"\xff\x80")
     assert msg.parse_reply(msg.have_frame("f", 3)) == msg.Have("f", index=3)
@@ -76,6 +83,10 @@ def test_replies_round_trip() -> None:
     {"t": "get", "group": "g1", "name": "../f", "index": 0},
     {"t": "get", "group": "g1", "name": "..", "index": 0},
     {"t": "get", "group": "g/1", "name": "f", "index": 0},
+    {"t": "cancel", "group": "g1", "name": "f", "index": -1},
+    {"t": "cancel", "group": "g1", "name": "f", "index": None},
+    {"t": "cancel", "group": "g1", "name": "../f", "index": 0},
+    {"t": "cancel", "name": "f", "index": 0},
     {"t": "hello", "group": "g1", "name": "f", "sha1": SHA1, "user": "a b", "ticket": "x"},
     {"t": "hello", "group": "g1", "name": "f", "sha1": SHA1, "user": "alice", "ticket": 5},
     {"t": "hello", "group": "g1", "name": "f", "sha1": None, "user": "alice", "ticket": "x"},
@@ -151,7 +162,7 @@ def test_parsed_fields_are_valid(obj: dict[str, Any]) -> None:
         return
     assert isinstance(request.group, str) and isinstance(request.name, str)
     assert "/" not in request.name and request.name not in (".", "..")
-    if isinstance(request, msg.Get):
+    if isinstance(request, msg.Get | msg.Cancel):
         assert type(request.index) is int and request.index >= 0
     else:
         assert isinstance(request.ticket, str) and isinstance(request.user, str)

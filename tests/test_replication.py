@@ -16,6 +16,17 @@ import zmq
 
 from p2p import codec
 from p2p.messages.sync import Ack, Batch, CatchUp, Heartbeat, decode_sync, encode_sync
+from p2p.pieces import Bitfield
+from tests.files_support import (
+    PASSWORD,
+    done,
+    entry,
+    group_of,
+    have_at_least,
+    make_file,
+    pieces,
+    seeders,
+)
 from tests.procs import ClientProc, Cluster, cluster, run_module, tracker_events, wait_for
 from tests.test_replication_kit import Direct, converged, share_args, status, wait_converged
 
@@ -372,10 +383,46 @@ def test_garbage_on_the_peer_port_is_dropped_and_logged_once(two_trackers: Clust
 
 # --- 9. downloads across a tracker's death ---------------------------------------------
 
-@pytest.mark.skip(reason="downloads are being built separately; the announce path (have) "
-                         "is replicated like any write, an end-to-end test comes with them")
-def test_download_in_progress_survives_a_tracker_dying() -> None:
-    raise AssertionError("not written yet")
+def test_download_in_progress_survives_a_tracker_dying(two_trackers: Cluster,
+                                                       tmp_path: Path) -> None:
+    """Tracker 1 (every client's first choice) dies mid-download: the download completes,
+    and its progress, then its completion, reach tracker 2."""
+    c, count = two_trackers, 16
+    # alice sends two pieces a second, so bob needs about 8 s for the file.
+    cl = group_of(c, ["alice", "bob", "carol"], limits={"alice": 1024})
+    alice, bob, carol = cl["alice"], cl["bob"], cl["carol"]
+    data = make_file(tmp_path / "a" / "f.bin", pieces(count))
+    alice.ok(f"upload_file {tmp_path / 'a' / 'f.bin'} g")
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    watcher = Direct(c)  # carol, asking tracker 2 only
+    watcher.login(2, "carol", PASSWORD, create=False)
+
+    def bob_on_tracker_2() -> dict[str, Any] | None:
+        info = watcher.ok(2, "file_info", group="g", name="f.bin")
+        return next((p for p in info["peers"] if p["user"] == "bob"), None)
+
+    bob.ok(f"download_file g f.bin {dest}")
+    at_kill = wait_for(lambda: have_at_least(bob, "g", "f.bin", count, 0.25), 20,
+                       "bob to have a quarter of the file")
+    c.tracker(1).kill()
+    had = round(at_kill["progress"] * count)
+    assert at_kill["state"] == "downloading" and had < count, at_kill
+
+    def announced_more() -> bool:
+        bob_2 = bob_on_tracker_2()
+        have = bob_2 and bob_2["have"]
+        return bool(have) and had < Bitfield.from_bytes(count, have).count() < count
+
+    wait_for(announced_more, 10, "tracker 2 to learn of pieces bob verified after the kill")
+    assert entry(bob, "g", "f.bin")["state"] == "downloading"
+
+    done(bob, "g", "f.bin", timeout=30)
+    assert (dest / "f.bin").read_bytes() == data
+    wait_for(lambda: (p := bob_on_tracker_2()) is not None and p["have"] is None, 10,
+             "tracker 2 to list bob with the whole file")
+    assert seeders(carol, "g", "f.bin") == 2  # carol's client, failed over to tracker 2
+    assert c.tracker(1).proc is not None and c.tracker(1).proc.poll() is not None
 
 
 def test_converged_helper_notices_difference(two_trackers: Cluster) -> None:

@@ -7,36 +7,85 @@ import bisect
 from p2p.messages.sync import Event
 from trackers import state as st
 
+SNAPSHOT_EVERY = 128  # events between two snapshots of the state
+SNAPSHOTS_KEPT = 4  # snapshots kept, the most recent ones: they cover the log's tail
+
 
 class Ledger:
-    """Keeps ``state == fold(events)`` as events arrive in any order."""
+    """Keeps ``state == fold(events)`` as events arrive in any order.
 
-    def __init__(self, events: list[Event] | None = None) -> None:
+    An event that sorts after every held one is applied to the state.  One that sorts
+    before some of them (concurrent writes on two trackers, common under replication)
+    changes the fold order from its place on, so the state is rebuilt: from a copy of
+    the latest snapshot at or before that place, replaying the events after it; from
+    scratch only when the place is older than every kept snapshot.  Snapshots are taken
+    after every ``snapshot_every``-th event of the log and only the last
+    ``snapshots_kept`` are kept, so a late event costs one state copy plus replaying
+    fewer than ``snapshot_every`` events plus its lateness, whatever the log's length.
+    """
+
+    def __init__(self, events: list[Event] | None = None, *,
+                 snapshot_every: int = SNAPSHOT_EVERY,
+                 snapshots_kept: int = SNAPSHOTS_KEPT) -> None:
+        if snapshot_every < 1 or snapshots_kept < 0:
+            raise ValueError("snapshot_every must be >= 1 and snapshots_kept >= 0")
         self.events: list[Event] = []
         self._keys: list[tuple[int, int, int]] = []
         self._ids: set[tuple[int, int]] = set()
         self.state = st.State()
-        self.refolds = 0
+        self._every = snapshot_every
+        self._kept = snapshots_kept
+        # (n, state after events[:n]), n increasing; never mutated once taken.
+        self._snapshots: list[tuple[int, st.State]] = []
+        self.refolds = 0  # late events that forced a replay from scratch
+        self.replays = 0  # late events replayed from a snapshot
+        self.replayed = 0  # events applied again by refolds and replays together
         self.add(events or [])  # in key order into an empty ledger: the fold, no replay
 
     def __contains__(self, event_id: tuple[int, int]) -> bool:
         return event_id in self._ids
 
     def add(self, events: list[Event]) -> None:
-        """Insert events not held yet; replay from scratch if one lands in the past."""
-        refold = False
+        """Insert events not held yet; replay from a snapshot if one lands in the past."""
+        held = len(self.events)  # the state is the fold of all of them
+        low = held  # events[:low] are unchanged by this batch
         for event in sorted(events, key=lambda e: e.key):
             if (event.origin, event.seq) in self:  # held, or earlier in this same batch
                 continue
             at = bisect.bisect(self._keys, event.key)
-            refold = refold or at < len(self._keys)
+            low = min(low, at)
             self._keys.insert(at, event.key)
             self.events.insert(at, event)
             self._ids.add((event.origin, event.seq))
-            if not refold:
-                st.apply(self.state, event)
-        if refold:
-            # An event older than ones already applied: the fold order changed, so the
-            # deterministic answer is to replay.  Rare (concurrent writes), and cheap.
+        if low == held:  # all of them after every held event: apply them
+            self._apply_from(held)
+            return
+        # An event older than ones already applied: the fold order changed from `low` on,
+        # so the deterministic answer is to replay from the state just before it.
+        while self._snapshots and self._snapshots[-1][0] > low:
+            self._snapshots.pop()  # taken after the insertion point: no longer a prefix
+        if self._snapshots:
+            start, snapshot = self._snapshots[-1]
+            self.replays += 1
+            self.state = st.copy_state(snapshot)  # the snapshot stays as it is
+        else:
+            start = 0
             self.refolds += 1
-            self.state = st.fold(self.events)
+            self.state = st.State()
+        self.replayed += held - start
+        self._apply_from(start)
+
+    def _apply_from(self, start: int) -> None:
+        """Apply events[start:] to a state that is the fold of events[:start], taking
+        snapshots on the way where they could serve a later replay."""
+        total = len(self.events)
+        tail = total - self._every * self._kept  # snapshots before it would not be kept
+        state = self.state
+        for n in range(start + 1, total + 1):
+            st.apply(state, self.events[n - 1])
+            # At every multiple of `_every` events, but only where the kept snapshots will
+            # be (so loading a long log does not copy the state hundreds of times).
+            if n % self._every == 0 and n > tail:
+                self._snapshots.append((n, st.copy_state(state)))
+                if len(self._snapshots) > self._kept:
+                    del self._snapshots[0]

@@ -352,6 +352,26 @@ def fold(events: list[Event]) -> State:
     return state
 
 
+def copy_state(state: State) -> State:
+    """An independent copy: applying events to one never changes the other.
+
+    Copies every dict, list and record the rules mutate; shares only immutable
+    values (str, int, bytes, None, the frozen ``Outcome``).  Several times faster
+    than ``copy.deepcopy``.  A new mutable field in the state must be copied here too
+    (tests/test_ledger.py checks this against ``deepcopy`` on a populated state).
+    """
+    return State(
+        users=dict(state.users),
+        groups={name: Group(g.owner, list(g.members), list(g.requests))
+                for name, g in state.groups.items()},
+        sessions={sid: Session(x.user, x.cid, x.addr) for sid, x in state.sessions.items()},
+        files={group: {name: SharedFile(f.size, f.sha1, f.pieces, dict(f.holders))
+                       for name, f in files.items()}
+               for group, files in state.files.items()},
+        outcomes={cid: dict(rids) for cid, rids in state.outcomes.items()},
+    )
+
+
 def outcome_of(state: State, cid: str, rid: int) -> Outcome | None:
     """The recorded outcome of client request (cid, rid), if it became an event."""
     return state.outcomes.get(cid, {}).get(rid)

@@ -57,7 +57,22 @@ class Get:
         return {"t": "get", "group": self.group, "name": self.name, "index": self.index}
 
 
-def parse_request(frame: bytes) -> Hello | Get:
+@dataclass(frozen=True)
+class Cancel:
+    """Withdraw a Get not yet served (the piece came from another peer, or we left)."""
+
+    group: str
+    name: str
+    index: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": "cancel", "group": self.group, "name": self.name, "index": self.index}
+
+
+Request = Hello | Get | Cancel
+
+
+def parse_request(frame: bytes) -> Request:
     """Decode a downloader's request, or raise LocalError(bad_request)."""
     obj = codec.decode(frame, max_size=MAX_REQUEST)
     if not isinstance(obj, dict):
@@ -70,6 +85,8 @@ def parse_request(frame: bytes) -> Hello | Get:
                      _field(obj, "ticket", str))
     if kind == "get":
         return Get(group, name, _index(obj))
+    if kind == "cancel":
+        return Cancel(group, name, _index(obj))
     raise LocalError(f"unknown peer request {kind!r}", "bad_request")
 
 

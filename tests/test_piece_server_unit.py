@@ -1,0 +1,187 @@
+"""The piece server in-process: cancelled and orphaned requests are not served, Hello must
+name the shared file's SHA1, and a ticket is trusted only for a few seconds.
+
+Served at 512 KiB/s (one piece a second after a one-piece burst), so a request the
+server wrongly kept would show up as a piece about a second later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from p2p import codec
+from p2p.messages import piece as msg
+from p2p.pieces import PIECE_SIZE, Bitfield, piece_sha1
+from peers import piece_server
+from peers.piece_server import PieceServer
+from peers.shares import ShareRegistry, Source
+from tests.procs import free_port
+
+pytestmark = pytest.mark.timeout(30)
+
+KEY = ("g", "f.bin")
+COUNT = 6
+
+
+class Served:
+    """A PieceServer sharing one file of COUNT pieces at one piece a second."""
+
+    def __init__(self, tmp_path: Path, limit: float | None = PIECE_SIZE) -> None:
+        self.data = bytes(range(256)) * (COUNT * PIECE_SIZE // 256)
+        path = tmp_path / "f.bin"
+        path.write_bytes(self.data)
+        hashes = b"".join(piece_sha1(self.data[i:i + PIECE_SIZE])
+                          for i in range(0, len(self.data), PIECE_SIZE))
+        self.sha1 = hashlib.sha1(self.data).hexdigest()
+        self.registry = ShareRegistry(tmp_path / "client")
+        self.registry.active = True
+        self.registry.put(Source(KEY, len(self.data), hashes, path, sha1=self.sha1))
+        self.port = free_port()
+        self.server = PieceServer("127.0.0.1", self.port, self.registry,
+                                  lambda _user, _group, _ticket: True, upload_limit=limit)
+        self.sockets: list[zmq.Socket[Any]] = []
+
+    def downloader(self) -> zmq.Socket[Any]:
+        """A DEALER that has opened the file (its bitfield reply is consumed)."""
+        sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://127.0.0.1:{self.port}")
+        self.sockets.append(sock)
+        have = hello(sock, self.sha1)
+        assert isinstance(have, msg.Have) and have.bits is not None, have
+        assert Bitfield.from_bytes(COUNT, have.bits).complete
+        return sock
+
+    @property
+    def served(self) -> int:
+        return self.registry.served[KEY]
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close(0)
+        self.server.stop()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    s = Served(tmp_path)
+    s.server.start()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def send(sock: zmq.Socket[Any], request: msg.Hello | msg.Get | msg.Cancel) -> None:
+    sock.send(codec.encode(request.to_wire()))
+
+
+def reply(sock: zmq.Socket[Any], timeout: float) -> msg.Reply | None:
+    if not sock.poll(int(timeout * 1000)):
+        return None
+    return msg.parse_reply(sock.recv_multipart())
+
+
+def hello(sock: zmq.Socket[Any], sha1: str) -> msg.Reply | None:
+    send(sock, msg.Hello(*KEY, sha1, "bob", "ticket"))
+    return reply(sock, 5)
+
+
+def piece_index(sock: zmq.Socket[Any], timeout: float) -> int | None:
+    got = reply(sock, timeout)
+    if got is None:
+        return None
+    assert isinstance(got, msg.Piece), got
+    return got.index
+
+
+def test_cancelled_requests_are_not_served(served: Served) -> None:
+    a, b = served.downloader(), served.downloader()
+    for index in range(COUNT):
+        send(a, msg.Get(*KEY, index))
+    send(b, msg.Get(*KEY, 2))
+    assert piece_index(a, 3) == 0  # the burst; the rest wait about a second each
+    send(a, msg.Cancel(*KEY, 0))  # too late: already sent; harmless
+    for index in range(1, COUNT - 1):
+        send(a, msg.Cancel(*KEY, index))  # a keeps 5 only
+    send(a, msg.Cancel("g", "other.bin", 5))  # not what a asked for: nothing happens
+    assert piece_index(a, 3) == 5  # next in line, about a second later: 1..4 are gone
+    # a's cancel of its own piece 2 did not touch b's request for the same piece.
+    assert piece_index(b, 3) == 2
+    assert piece_index(a, 1.5) is None
+    assert served.served == 3
+
+
+def test_requests_of_a_downloader_that_went_away_are_dropped(served: Served) -> None:
+    a = served.downloader()
+    for index in range(COUNT):
+        send(a, msg.Get(*KEY, index))
+    assert piece_index(a, 3) == 0  # the burst; the other five wait about a second each
+    a.close(0)  # gone without a cancel (killed)
+    b = served.downloader()
+    send(b, msg.Get(*KEY, 3))
+    # At most one of a's pieces is tried (and found undeliverable) before b's turn;
+    # keeping a's whole queue would make b wait five seconds.
+    assert piece_index(b, 3.5) == 3
+    assert served.served == 2  # nothing counted for a piece that could not be sent
+    assert not served.server._queue
+
+
+def test_hello_must_name_the_shared_files_sha1(served: Served) -> None:
+    sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{served.port}")
+    served.sockets.append(sock)
+    for wrong in ("0" * 40, served.sha1.upper(), ""):
+        refused = hello(sock, wrong)
+        assert isinstance(refused, msg.Refused) and refused.code == "not_shared", refused
+        assert refused.index is None and "SHA1" in refused.error
+    send(sock, msg.Get(*KEY, 0))  # nothing was opened
+    refused = reply(sock, 5)
+    assert isinstance(refused, msg.Refused) and refused.code == "not_member", refused
+    have = hello(sock, served.sha1)
+    assert isinstance(have, msg.Have) and have.bits is not None
+    send(sock, msg.Get(*KEY, 1))
+    assert piece_index(sock, 3) == 1
+
+
+def test_a_complete_source_needs_its_sha1(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        Source(KEY, 1, b"\0" * 20, tmp_path / "f.bin")
+
+
+def test_a_ticket_is_trusted_for_a_few_seconds_only(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(piece_server, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    member = {"bob": True}
+    checks: list[str] = []
+
+    def check(user: str, group: str, ticket: str) -> bool:
+        checks.append(user)
+        return member[user]
+
+    s = Served(tmp_path, limit=None)
+    s.server._check_ticket = check
+    try:
+        assert s.server._ticket_ok("bob", "g", "t1")
+        member["bob"] = False  # bob leaves the group (or logs out)
+        now[0] += 4.0
+        assert s.server._ticket_ok("bob", "g", "t1")  # still cached
+        assert checks == ["bob"]
+        now[0] += piece_server.TICKET_CACHE_SECONDS - 4.0 + 0.01
+        assert not s.server._ticket_ok("bob", "g", "t1")  # asked again, and refused
+        assert checks == ["bob", "bob"]
+        assert not s.server._ticket_ok("bob", "g", "t1")  # a refusal is not cached
+        assert len(checks) == 3
+    finally:
+        s.server.start()  # (stop joins the thread)
+        s.close()
+    assert piece_server.TICKET_CACHE_SECONDS <= 5.0
