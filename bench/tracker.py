@@ -250,7 +250,8 @@ def main() -> None:
                         verdicts.append((n, p99))
                 status = c.tracker(1).status() or {}
                 print(f"   state after: {status.get('events')} events, "
-                      f"{status.get('refolds')} refolds, digest {status.get('digest')}")
+                      f"{status.get('refolds')} refolds, {status.get('replays')} replays, "
+                      f"digest {status.get('digest')}")
             finally:
                 c.close()
         if args.kills:

@@ -285,3 +285,20 @@ def test_tampered_sole_seeder_makes_the_download_wait(one_tracker: Cluster,
     finished = done(carol, "g", "f.bin", timeout=30)
     assert (dest / "f.bin").read_bytes() == data
     assert finished["sources"] == {addr(bob): 3, addr(alice): 1}, finished
+
+
+def test_second_download_of_a_running_file_is_refused(one_tracker: Cluster,
+                                                      tmp_path: Path) -> None:
+    # One copy at a time: a second partial would replace the first one as what this
+    # client serves, and the two would fight over the tracker's record of its pieces.
+    cl = group_of(one_tracker, ["alice", "bob"], limits={"alice": 1024})
+    alice, bob = cl["alice"], cl["bob"]
+    data = make_file(tmp_path / "src" / "f.bin", pieces(4))
+    alice.ok(f"upload_file {tmp_path / 'src' / 'f.bin'} g")
+    (tmp_path / "dl").mkdir()
+    bob.ok(f"download_file g f.bin {tmp_path / 'dl' / 'one.bin'}")
+    error = bob.fails(f"download_file g f.bin {tmp_path / 'dl' / 'two.bin'}", "io_error")
+    assert "already being downloaded" in error
+    done(bob, "g", "f.bin")
+    assert (tmp_path / "dl" / "one.bin").read_bytes() == data
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["one.bin"]

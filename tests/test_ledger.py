@@ -13,7 +13,7 @@ from p2p.messages.sync import Event
 from tests.test_state import scenario, world
 from trackers import state as st
 from trackers.clock import HybridClock
-from trackers.ledger import Ledger
+from trackers.ledger import SNAPSHOT_EVERY, SNAPSHOTS_KEPT, Ledger
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -146,7 +146,7 @@ def test_a_late_event_replays_from_the_snapshot_before_it() -> None:
 
 
 def test_a_snapshot_right_at_the_insertion_point_is_used() -> None:
-    ledger = Ledger(SORTED[:8] + SORTED[9:], snapshot_every=4)
+    ledger = Ledger(SORTED[:8] + SORTED[9:], snapshot_every=4, snapshots_kept=8)
     ledger.add([SORTED[8]])
     assert (ledger.replays, ledger.refolds, ledger.replayed) == (1, 0, 8)
     assert st.digest(ledger.state) == FOLDED
@@ -169,6 +169,19 @@ def test_no_snapshots_kept_means_a_refold_every_time() -> None:
     assert (ledger.replays, ledger.refolds) == (0, 1)
     assert ledger._snapshots == []
     assert st.digest(ledger.state) == FOLDED
+
+
+def test_with_the_default_settings_a_late_event_in_a_long_log_replays() -> None:
+    log = [Event(1, i, 10 * i, "", 0, "create_group", {"group": f"g{i}", "user": "u"})
+           for i in range(1, 1001)]
+    late = Event(2, 1, 10 * 990 + 5, "c", 1, "create_group", {"group": "g995", "user": "v"})
+    ledger = Ledger(log)
+    assert len(ledger._snapshots) == SNAPSHOTS_KEPT
+    ledger.add([late])
+    assert (ledger.replays, ledger.refolds) == (1, 0)
+    assert ledger.replayed < 2 * SNAPSHOT_EVERY
+    assert st.digest(ledger.state) == st.digest(st.fold([*log, late]))
+    assert_snapshots_are_prefix_folds(ledger)
 
 
 def test_bad_snapshot_settings_are_refused() -> None:

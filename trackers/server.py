@@ -421,5 +421,6 @@ class TrackerServer:
             "leader": self.view.leader(now),
             "waiting": len(self.waits),
             "refolds": self.ledger.refolds,
+            "replays": self.ledger.replays,
             "replication": dict(self.replication.stats),
         }
