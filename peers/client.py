@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from p2p.messages.tracker import check_file_name
 from p2p.pieces import hash_file
 from peers.download import Download
 from peers.piece_server import PieceServer
-from peers.shares import Key, SavedShare, ShareRegistry, Source
+from peers.shares import Key, SavedShare, ShareRegistry, Source, trusted_mtime
 from peers.tracker_client import TrackerClient
 from peers.transfers import Downloads
 
@@ -108,7 +109,7 @@ class Client:
             try:
                 self._announce_share(saved.group, saved.name, saved.size, saved.sha1,
                                      bytes.fromhex(saved.pieces), Path(saved.path),
-                                     saved.mtime_ns)
+                                     trusted_mtime(saved.mtime_ns, saved.hashed_at_ns))
                 reshared.append(label)
             except ProtocolError as exc:
                 dropped.append(label)
@@ -162,20 +163,22 @@ class Client:
             raise LocalError(f"{path_text} is not a readable file", "no_such_file")
         name = check_file_name(path.name)
         try:
+            hashed_at = time.time_ns()
             before = path.stat()
             digest = hash_file(path)
         except OSError as exc:
             raise LocalError(f"cannot read {path_text}: {exc}", "io_error") from None
         pieces = b"".join(digest.piece_hashes)
         self._announce_share(group, name, digest.size, digest.sha1, pieces, path,
-                             before.st_mtime_ns)
+                             trusted_mtime(before.st_mtime_ns, hashed_at))
         self.registry.remember(SavedShare(user, group, name, str(path), digest.size,
-                                          digest.sha1, pieces.hex(), before.st_mtime_ns))
+                                          digest.sha1, pieces.hex(), before.st_mtime_ns,
+                                          hashed_at))
         return {"name": name, "size": digest.size, "sha1": digest.sha1,
                 "pieces": len(digest.piece_hashes)}
 
     def _announce_share(self, group: str, name: str, size: int, sha1: str, pieces: bytes,
-                        path: Path, mtime_ns: int) -> None:
+                        path: Path, mtime_ns: int | None) -> None:
         self.tracker.call("share", {"group": group, "name": name, "size": size, "sha1": sha1,
                                     "pieces": pieces})
         self.registry.put(Source((group, name), size, pieces, path, sha1=sha1,
@@ -252,13 +255,14 @@ class Client:
                                                        f"{download.error}"})
             return
         path = download.final_path
-        mtime_ns = path.stat().st_mtime_ns  # the file was just verified whole
+        # Part of the whole-file hash came from bytes in memory while the file was
+        # being written, so its mtime never vouches for it: serve with piece checks.
         self.registry.put(Source(download.key, download.size, download.pieces, path,
-                                 sha1=download.sha1, mtime_ns=mtime_ns))
+                                 sha1=download.sha1))
         if self.user is not None:
             self.registry.remember(SavedShare(
                 self.user, download.group, download.name, str(path), download.size,
-                download.sha1, download.pieces.hex(), mtime_ns))
+                download.sha1, download.pieces.hex(), path.stat().st_mtime_ns))
             try:
                 self.tracker.call("have", {"group": download.group, "name": download.name,
                                            "have": None})

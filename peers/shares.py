@@ -35,6 +35,7 @@ class SavedShare:
     sha1: str
     pieces: str  # hex of the concatenated piece SHA1s
     mtime_ns: int
+    hashed_at_ns: int = 0  # wall clock when hashing began (0: unknown, never trusted)
 
     def unchanged(self) -> bool:
         """Whether the file is still there with the size and mtime it had when hashed."""
@@ -45,6 +46,20 @@ class SavedShare:
         return st.st_size == self.size and st.st_mtime_ns == self.mtime_ns
 
 
+# Filesystem timestamps are coarse (a clock tick, or whole seconds on some
+# filesystems): a write in the same tick as the recorded mtime leaves it unchanged.
+MTIME_MARGIN_NS = 2_000_000_000
+
+
+def trusted_mtime(mtime_ns: int, hashed_at_ns: int) -> int | None:
+    """``mtime_ns`` if it can vouch for the file's content, else None.
+
+    Only an mtime already older than the timestamp granularity when hashing began
+    proves that any later change would have moved it.
+    """
+    return mtime_ns if mtime_ns + MTIME_MARGIN_NS <= hashed_at_ns else None
+
+
 class Source:
     """Where the pieces of one shared file come from: a whole file or a partial."""
 
@@ -53,7 +68,7 @@ class Source:
                  mtime_ns: int | None = None) -> None:
         self.key, self.size, self.pieces, self.path = key, size, pieces, path
         self.partial = partial
-        self.mtime_ns = mtime_ns  # of the complete file when it was hashed
+        self.mtime_ns = mtime_ns  # see trusted_mtime: None means check every piece
         if sha1 is None:  # a partial knows the whole file's SHA1; a complete file must say
             if partial is None:
                 raise ValueError("a complete file's Source needs its whole-file sha1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -46,4 +47,24 @@ def test_truncated_file_serves_nothing_past_its_end(tmp_path: Path) -> None:
     path, source, _data = shared(tmp_path)
     os.truncate(path, PIECE_SIZE)
     assert source.read(2) is None
+    source.close()
+
+
+def test_recent_mtime_never_vouches_for_content(tmp_path: Path) -> None:
+    # A write in the same timestamp tick as the recorded mtime leaves it unchanged,
+    # so a file hashed right after it was written is checked piece by piece.
+    from peers.shares import MTIME_MARGIN_NS, trusted_mtime
+
+    assert trusted_mtime(10**18, 10**18 + MTIME_MARGIN_NS) == 10**18
+    assert trusted_mtime(10**18, 10**18 + MTIME_MARGIN_NS - 1) is None
+    path, source, _data = shared(tmp_path)
+    source.mtime_ns = trusted_mtime(path.stat().st_mtime_ns, time.time_ns())
+    assert source.mtime_ns is None
+    before = path.stat().st_mtime_ns
+    with open(path, "r+b") as f:
+        f.seek(5)
+        f.write(b"tampered")
+    os.utime(path, ns=(path.stat().st_atime_ns, before))  # as if in the same tick
+    assert source.read(0) is None
+    assert source.read(1) is not None
     source.close()
