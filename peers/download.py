@@ -96,6 +96,7 @@ class Download:
         self._done = threading.Event()
         self._have = 0
         self._links: dict[str, PeerLink] = {}
+        self._settled = False  # the first hellos have been answered or timed out
         self._retry_at: dict[str, float] = {}
         self._banned: set[str] = set()
         self._trust = Trust()
@@ -284,8 +285,17 @@ class Download:
                 link.in_flight[index] = time.monotonic()
 
     def _update_waiting(self, picker: Picker) -> None:
+        # Until the first peers have answered hello (or timed out) nobody has said what
+        # they hold: that is connecting, not waiting.  Later redials of a dead peer do
+        # not count, so the message does not flicker.
+        links = self._links.values()
+        if not self._settled:
+            if any(not link.ready for link in links):
+                self.waiting = ""
+                return
+            self._settled = True
         missing = picker.unavailable()
-        if missing and not any(link.in_flight for link in self._links.values()):
+        if missing and not any(link.in_flight for link in links):
             self.waiting = (f"waiting for peers: no connected peer has the "
                             f"{len(missing)} missing piece(s)")
         else:
