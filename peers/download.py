@@ -179,19 +179,18 @@ class Download:
         source = Source(self.key, self.size, self.pieces, partial.part_path, partial)
         announced_at = 0.0
         announced = partial.have.count()  # pieces the tracker was last told about
-        if partial.have.count():
+        if announced:
             self.host.share_partial(source)
             announced_at = time.monotonic()
         self._connect_peers(self.info.get("peers", []))
         refreshed_at = time.monotonic()
-        poller = zmq.Poller()
         while not picker.done:
             if self._stop.is_set():
                 return False
             now = time.monotonic()
             if now - refreshed_at > REFRESH_EVERY or (not self._links and
                                                       now - refreshed_at > 0.5):
-                self._refresh(picker)
+                self._refresh()
                 refreshed_at = now
             self._check_timeouts(picker, now)
             self._fill_pipelines(picker)
@@ -207,7 +206,7 @@ class Download:
                     self._drain(link, picker, partial, source)
             if self._have != announced and now - announced_at > ANNOUNCE_EVERY:
                 # Only news: each announcement is an event in every tracker's log.
-                if self._announce(partial.have, source):
+                if self._announce(partial.have):
                     announced = self._have
                 partial.save_pending()  # verified pieces survive a crash even if none follow
                 announced_at = now
@@ -255,7 +254,7 @@ class Download:
             self._cancel(link, index)
         link.sock.close(CANCEL_LINGER_MS if cancelled else 0)
 
-    def _refresh(self, picker: Picker) -> None:
+    def _refresh(self) -> None:
         try:
             info = self.host.tracker_call("file_info", {"group": self.group, "name": self.name})
         except ProtocolError as exc:
@@ -385,7 +384,7 @@ class Download:
         self.host.announce_piece(self.key, index)
         return True
 
-    def _announce(self, have: Bitfield, source: Source) -> bool:
+    def _announce(self, have: Bitfield) -> bool:
         try:
             self.host.tracker_call("have", {"group": self.group, "name": self.name,
                                             "have": have.to_bytes()})

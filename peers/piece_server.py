@@ -22,6 +22,7 @@ import zmq
 from p2p import codec
 from p2p.errors import LocalError
 from p2p.messages import piece as msg
+from p2p.pieces import PIECE_SIZE
 from peers.shares import Key, ShareRegistry
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ class PieceServer:
                 self._refuse(ident, key[1], "not_shared", f"{key[1]} is no longer shared", index)
                 continue
             if self._bucket is not None:
-                delay = self._bucket.delay(min(source.size, 512 * 1024))
+                delay = self._bucket.delay(min(source.size, PIECE_SIZE))
                 if delay > 0:
                     return max(1, int(delay * 1000))
             self._queue.popleft()

@@ -327,7 +327,7 @@ def apply(state: State, event: Event) -> Outcome:
     with a lagging clock took the later one), so an older rid is not stale.
     """
     if event.cid:
-        known = state.outcomes.get(event.cid, {}).get(event.rid)
+        known = outcome_of(state, event.cid, event.rid)
         if known is not None:
             return known
     outcome = well_formed(event.type, event.data)
