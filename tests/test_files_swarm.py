@@ -130,19 +130,28 @@ def test_third_member_fetches_from_a_member_still_downloading(one_tracker: Clust
     wait_for(lambda: served(alice2, "g", "f.bin") > 0, 5, "the new alice to have served")
 
 
-def test_waiting_when_the_only_seeder_logs_out_then_resumes(one_tracker: Cluster,
-                                                            tmp_path: Path) -> None:
-    count = 6
-    cl = group_of(one_tracker, ["alice", "bob"], limits={"alice": 1024})
+def _stall_after_30_percent(c: Cluster, tmp_path: Path, count: int, limit_kib: float
+                            ) -> tuple[ClientProc, ClientProc, bytes, Path]:
+    """alice seeds ``count`` pieces at ``limit_kib``; once bob has 30 % she logs out.
+
+    Returns (alice, bob, the file's bytes, bob's destination directory).
+    """
+    cl = group_of(c, ["alice", "bob"], limits={"alice": limit_kib})
     alice, bob = cl["alice"], cl["bob"]
     data = make_file(tmp_path / "a" / "f.bin", pieces(count))
     alice.ok(f"upload_file {tmp_path / 'a' / 'f.bin'} g")
     dest = tmp_path / "dl"
     dest.mkdir()
-
     bob.ok(f"download_file g f.bin {dest}")
     wait_for(lambda: have_at_least(bob, "g", "f.bin", count, 0.3), 20, "bob to reach 30%")
-    alice.ok("logout")
+    alice.ok("logout")  # bob's progress stops here
+    return alice, bob, data, dest
+
+
+def test_waiting_when_the_only_seeder_logs_out_then_resumes(one_tracker: Cluster,
+                                                            tmp_path: Path) -> None:
+    count = 6
+    alice, bob, data, dest = _stall_after_30_percent(one_tracker, tmp_path, count, 1024)
     waiting = wait_for(lambda: entry(bob, "g", "f.bin")["waiting"], 20,
                        "show_downloads to report that no peer has the missing pieces")
     assert "missing" in waiting
@@ -176,16 +185,7 @@ def _kept(client: ClientProc, count: int) -> int:
 def test_killed_downloader_resumes_without_fetching_again(one_tracker: Cluster,
                                                           tmp_path: Path) -> None:
     count = 10
-    cl = group_of(one_tracker, ["alice", "bob"], limits={"alice": 2048})
-    alice, bob = cl["alice"], cl["bob"]
-    data = make_file(tmp_path / "a" / "f.bin", pieces(count))
-    alice.ok(f"upload_file {tmp_path / 'a' / 'f.bin'} g")
-    dest = tmp_path / "dl"
-    dest.mkdir()
-
-    bob.ok(f"download_file g f.bin {dest}")
-    wait_for(lambda: have_at_least(bob, "g", "f.bin", count, 0.3), 20, "bob to reach 30%")
-    alice.ok("logout")  # bob's progress stops here
+    alice, bob, data, dest = _stall_after_30_percent(one_tracker, tmp_path, count, 2048)
     frozen = wait_for(lambda: (d := entry(bob, "g", "f.bin"))["waiting"] and d, 20,
                       "bob to notice that nobody has the rest")
     verified = round(frozen["progress"] * count)
