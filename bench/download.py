@@ -107,8 +107,7 @@ def member(c: object, client: ClientProc, name: str, owner: ClientProc | None) -
 
 def run_swarm(root: Path, source: Path, size: int, downloaders: int) -> tuple[float, list[float]]:
     """Seconds until every downloader has the whole verified file, and their peak RSS."""
-    work = root / f"swarm-{downloaders}"
-    work.mkdir()
+    work = Path(tempfile.mkdtemp(prefix=f"swarm-{downloaders}-", dir=root))
     with cluster(work, trackers=1) as c:
         seeder = c.client("seeder")
         member(c, seeder, "seeder", None)

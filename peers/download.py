@@ -2,9 +2,9 @@
 
 The loop asks the picker which piece to request from which peer, keeps each
 peer's pipeline as deep as its measured rate needs (credit-based flow control,
-so no socket queue ever drops a piece), checks every piece against the
-tracker's SHA1 before writing it, shares it onward at once, and checks the
-whole file before it appears under its real name.
+so no socket queue ever drops a piece), hands every piece to worker threads that
+check it against the tracker's SHA1 and write it, shares it onward as soon as it
+is stored, and checks the whole file before it appears under its real name.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import zmq
 from p2p.errors import LocalError, ProtocolError
 from p2p.messages import piece as msg
 from p2p.pieces import PIECE_SIZE, Bitfield, piece_count
+from peers.checker import Checked, PieceChecker
 from peers.picker import Picker, Trust
 from peers.shares import Key, Source
 from peers.storage import IntegrityError, PartialDownload
@@ -38,6 +39,8 @@ ANNOUNCE_EVERY = 1.0  # tell the tracker our progress at most this often
 MIN_CREDIT, MAX_CREDIT = 2, 24
 PIPELINE_SECONDS = 0.05  # keep this much of a peer's measured rate in flight
 CANCEL_LINGER_MS = 200  # a closed link's cancels get this long to reach the peer
+CHECK_WORKERS = 2  # threads hashing and writing pieces (hashlib and pwrite free the GIL)
+MAX_CHECKING = 32  # pieces received but not yet checked: 16 MiB at most in memory
 
 
 class Host(Protocol):
@@ -100,6 +103,7 @@ class Download:
         self._retry_at: dict[str, float] = {}
         self._banned: set[str] = set()
         self._trust = Trust()
+        self._checking: dict[int, str] = {}  # piece being checked -> the peer that sent it
         self._rate_window: collections.deque[tuple[float, int]] = collections.deque()
         self._thread = threading.Thread(target=self._main, name=f"download-{name}", daemon=True)
 
@@ -175,6 +179,13 @@ class Download:
 
     def _transfer(self, partial: PartialDownload) -> bool:
         """Fetch every missing piece; False if stopped first."""
+        checker = PieceChecker(partial, CHECK_WORKERS)
+        try:
+            return self._transfer_with(partial, checker)
+        finally:
+            checker.close()
+
+    def _transfer_with(self, partial: PartialDownload, checker: PieceChecker) -> bool:
         picker = Picker(self.count, partial.have.copy(), random.Random())
         source = Source(self.key, self.size, self.pieces, partial.part_path, partial)
         announced_at = 0.0
@@ -196,14 +207,16 @@ class Download:
             self._fill_pipelines(picker)
             self._update_waiting(picker)
             poller = zmq.Poller()
+            poller.register(checker.fileno(), zmq.POLLIN)
             for link in self._links.values():
                 poller.register(link.sock, zmq.POLLIN)
-            ready = dict(poller.poll(100)) if self._links else {}
-            if not self._links:
-                self._stop.wait(0.1)
+            ready = dict(poller.poll(100))
+            if checker.fileno() in ready:
+                for checked in checker.done():
+                    self._checked(checked, picker, partial, source)
             for link in list(self._links.values()):
                 if link.sock in ready:
-                    self._drain(link, picker, partial, source)
+                    self._drain(link, picker, partial, checker)
             if self._have != announced and now - announced_at > ANNOUNCE_EVERY:
                 # Only news: each announcement is an event in every tracker's log.
                 if self._announce(partial.have):
@@ -276,6 +289,8 @@ class Download:
         for link in self._links.values():
             if not link.ready:
                 continue
+            if len(self._checking) >= MAX_CHECKING:
+                return  # the checkers are behind: more pieces would only queue in memory
             while len(link.in_flight) < link.credit():
                 index = picker.pick(link.addr)
                 if index is None:
@@ -294,7 +309,7 @@ class Download:
                 return
             self._settled = True
         missing = picker.unavailable()
-        if missing and not any(link.in_flight for link in links):
+        if missing and not self._checking and not any(link.in_flight for link in links):
             self.waiting = (f"waiting for peers: no connected peer has the "
                             f"{len(missing)} missing piece(s)")
         else:
@@ -303,7 +318,7 @@ class Download:
     # --- replies ------------------------------------------------------------------------
 
     def _drain(self, link: PeerLink, picker: Picker, partial: PartialDownload,
-               source: Source) -> None:
+               checker: PieceChecker) -> None:
         for _ in range(64):
             try:
                 frames = link.sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -315,11 +330,11 @@ class Download:
             except LocalError as exc:
                 self._drop(link, picker, f"malformed reply: {exc}", RETRY_PEER_AFTER)
                 return
-            if not self._handle(link, reply, picker, partial, source):
+            if not self._handle(link, reply, picker, partial, checker):
                 return
 
     def _handle(self, link: PeerLink, reply: msg.Reply, picker: Picker,
-                partial: PartialDownload, source: Source) -> bool:
+                partial: PartialDownload, checker: PieceChecker) -> bool:
         """Act on one reply; False if the link was dropped."""
         if isinstance(reply, msg.Have):
             if reply.bits is not None:
@@ -330,8 +345,9 @@ class Download:
                     return False
                 picker.add_peer(link.addr, bits)
                 link.ready = True
-            elif reply.index is not None and 0 <= reply.index < self.count:
-                picker.peer_has(link.addr, reply.index)
+            for index in reply.indices:
+                if index < self.count:
+                    picker.peer_has(link.addr, index)
             return True
         if isinstance(reply, msg.Refused):
             if reply.index is None or reply.code == "not_shared":
@@ -345,44 +361,59 @@ class Download:
             picker.failed(link.addr, reply.index)
             picker.peer_lacks(link.addr, reply.index)  # else we would ask it again at once
             return True
-        return self._piece(link, reply, picker, partial, source)
+        self._piece(link, reply, picker, partial, checker)
+        return True
 
     def _piece(self, link: PeerLink, piece: msg.Piece, picker: Picker,
-               partial: PartialDownload, source: Source) -> bool:
+               partial: PartialDownload, checker: PieceChecker) -> None:
+        """A piece arrived: hand it to the checkers (one copy of each piece at a time)."""
         index = piece.index
         sent = link.in_flight.pop(index, None)
-        if not 0 <= index < self.count or index in partial.have:
-            return True  # a duplicate from the endgame, or a piece we never asked for
-        if sent is None:
-            return True
+        if sent is None or not 0 <= index < self.count or index in partial.have:
+            return  # a duplicate from the endgame, or a piece we never asked for
+        if index in self._checking:  # another peer's copy is being checked
+            picker.withdrawn(link.addr, index)
+            return
         now = time.monotonic()
         size = len(piece.data)
-        if not partial.write_piece(index, piece.data):
-            sole = not any(o.addr != link.addr and o.ready for o in self._links.values())
-            self._trust.bad(link.addr, sole_source=sole)
-            picker.failed(link.addr, index)
-            log.warning("piece %d of %s from %s failed its SHA1", index, self.name, link.addr)
-            if self._trust.banned(link.addr):
-                self._banned.add(link.addr)
-                self._drop(link, picker, "sent bad pieces", 3600)
-                return False
-            return True
-        self._trust.good(link.addr)
         since = max(now - (link.last_piece_at or sent), 1e-4)
         link.rate = size / since if link.rate == 0 else 0.8 * link.rate + 0.2 * size / since
         link.last_piece_at = now
         link.received += 1
-        self.sources[link.addr] = self.sources.get(link.addr, 0) + 1
-        self._rate_window.append((now, size))
+        self._checking[index] = link.addr
+        checker.submit(index, piece.data)
+
+    def _checked(self, checked: Checked, picker: Picker, partial: PartialDownload,
+                 source: Source) -> None:
+        """A checker is done with a piece: count it, or blame the peer that sent it."""
+        index = checked.index
+        addr = self._checking.pop(index)
+        if checked.error is not None:
+            raise checked.error
+        if checked.view is None:
+            sole = not any(o.addr != addr and o.ready for o in self._links.values())
+            self._trust.bad(addr, sole_source=sole)
+            picker.failed(addr, index)
+            log.warning("piece %d of %s from %s failed its SHA1", index, self.name, addr)
+            link = self._links.get(addr)
+            if self._trust.banned(addr):
+                self._banned.add(addr)
+                if link is not None:
+                    self._drop(link, picker, "sent bad pieces", 3600)
+            return
+        partial.commit(index, checked.view)
+        self._trust.good(addr)
+        now = time.monotonic()
+        self.sources[addr] = self.sources.get(addr, 0) + 1
+        self._rate_window.append((now, len(checked.view)))
         while now - self._rate_window[0][0] > 3.0:
             self._rate_window.popleft()
-        for other in picker.received(link.addr, index):
+        for other in picker.received(addr, index):
             self._cancel(self._links.get(other), index)
         self._have += 1
         if self._have == 1:
             self.host.share_partial(source)
         self.host.announce_piece(self.key, index)
-        return True
 
     def _announce(self, have: Bitfield) -> bool:
         try:

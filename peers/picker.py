@@ -15,7 +15,11 @@ from p2p.pieces import Bitfield, iter_set_bits
 
 __all__ = ["Picker", "Trust"]
 
-TIE_WINDOW = 64  # rarest-first ties are drawn from this many lowest-numbered pieces
+# Rarest-first ties are drawn from this many lowest-numbered pieces.  Small, so no
+# piece lingers far behind the others (each pick takes a given one with odds
+# 1/TIE_WINDOW): pieces then arrive close to file order, which the whole-file
+# SHA1 needs to hash them from memory instead of reading them back.
+TIE_WINDOW = 8
 
 
 def _nth_set_bit(value: int, n: int) -> int:
@@ -177,7 +181,9 @@ class Picker:
         if candidates:
             candidates &= ~self._avoided(peer, candidates)
         if candidates:
-            if self._have.count() < self._random_first:
+            # Counting pieces in flight too: a deep pipeline must not turn a few
+            # random picks into dozens before the first piece arrives.
+            if self._have.count() + len(self._requesters) < self._random_first:
                 index = self._random_bit(candidates)
             else:
                 index = -1
@@ -245,6 +251,12 @@ class Picker:
             if q in self._peer_failed:
                 self._peer_failed[q] &= ~(1 << index)
         return others
+
+    def withdrawn(self, peer: str, index: int) -> None:
+        """The request for ``index`` to ``peer`` ended without blame (its copy was
+        not needed after all): no longer in flight to that peer."""
+        self._check(index)
+        self._unrequest(peer, index)
 
     def failed(self, peer: str, index: int) -> None:
         """The piece from ``peer`` was bad or did not come: requestable again,

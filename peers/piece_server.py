@@ -19,7 +19,6 @@ from typing import Any
 
 import zmq
 
-from p2p import codec
 from p2p.errors import LocalError
 from p2p.messages import piece as msg
 from p2p.pieces import PIECE_SIZE
@@ -29,6 +28,9 @@ log = logging.getLogger(__name__)
 
 TICKET_CACHE_SECONDS = 5.0  # how long a user who left the group can still open files
 MAX_DOWNLOADERS = 1024  # remembered downloader connections (LRU)
+# Pieces announced within this long reach each downloader in one Have message:
+# unnoticeable delay, and a busy swarm is not a flood of one-piece messages.
+NEWS_DELAY = 0.01
 
 TicketCheck = Callable[[str, str, str], bool]  # (user, group, ticket) -> valid
 
@@ -70,6 +72,9 @@ class PieceServer:
         self._notices = self._context.socket(zmq.PULL)
         self._notices_addr = f"inproc://piece-notices-{id(self)}"
         self._notices.bind(self._notices_addr)
+        self._news: list[tuple[Key, int]] = []  # announced, not yet told (under _news_lock)
+        self._news_lock = threading.Lock()
+        self._tell_at: float | None = None
         self._tickets: dict[tuple[str, str, str], float] = {}
         self._watched: set[Key] = set()  # files some downloader opened (read by announce)
         # identity -> files it opened; LRU so a flood of connections stays bounded
@@ -90,13 +95,17 @@ class PieceServer:
         """Tell downloaders that opened ``key`` that piece ``index`` is now here."""
         if key not in self._watched:  # nobody to tell: skip the hop to the server thread
             return
+        with self._news_lock:
+            self._news.append((key, index))
+            if len(self._news) > 1:
+                return  # the server thread was woken for the first and tells them all
         push = getattr(self._local, "push", None)
         if push is None:
             push = self._context.socket(zmq.PUSH)
             push.setsockopt(zmq.LINGER, 0)
             push.connect(self._notices_addr)
             self._local.push = push
-        push.send(codec.encode([key[0], key[1], index]))
+        push.send(b"")
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -108,11 +117,19 @@ class PieceServer:
         try:
             while not self._stop.is_set():
                 ready = dict(poller.poll(wait))
+                now = time.monotonic()
                 if self._notices in ready:
-                    self._drain(self._notices, self._on_notice)
+                    self._drain(self._notices, lambda _frames: None)
+                    if self._tell_at is None:
+                        self._tell_at = now + NEWS_DELAY
                 if self._sock in ready:
                     self._drain(self._sock, self._on_request)
+                if self._tell_at is not None and now >= self._tell_at:
+                    self._tell_at = None
+                    self._tell_news()
                 wait = self._send_queued()
+                if self._tell_at is not None:
+                    wait = min(wait, max(1, int((self._tell_at - now) * 1000)))
         finally:
             self._sock.close(0)
             self._notices.close(0)
@@ -129,11 +146,17 @@ class PieceServer:
             except Exception:  # one bad message must never stop the server
                 log.exception("dropped a peer message that broke its handler")
 
-    def _on_notice(self, frames: list[bytes]) -> None:
-        group, name, index = codec.decode(frames[0])
+    def _tell_news(self) -> None:
+        """Pass on the pieces announced since last time, one message per downloader
+        and file."""
+        with self._news_lock:
+            announced, self._news = self._news, []
+        news: dict[Key, list[int]] = {}
+        for key, index in announced:
+            news.setdefault(key, []).append(index)
         for ident, opened in list(self._opened.items()):  # _send may forget some
-            if (group, name) in opened:
-                self._send(ident, msg.have_frame(name, index))
+            for key in opened & news.keys():
+                self._send(ident, msg.have_frame(key[1], news[key]))
 
     def _on_request(self, frames: list[bytes]) -> None:
         if len(frames) != 2:

@@ -131,7 +131,7 @@ class FakePeer(threading.Thread):
         huge = 2**40
         for reply in (msg.refused_frame(name, "bad_piece", "no", huge),
                       msg.refused_frame(name, "bad_piece", "no", self.count),
-                      msg.have_frame(name, huge),
+                      msg.have_frame(name, [huge]),
                       [msg.piece_frames(name, huge), b"x"],
                       [msg.piece_frames(name, index), b"\0" * 7],  # wrong length
                       [msg.piece_frames(name, index), b"\0" * PIECE_SIZE]):

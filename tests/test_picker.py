@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2p.pieces import Bitfield
-from peers.picker import Picker, Trust
+from peers.picker import TIE_WINDOW, Picker, Trust
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -411,8 +411,6 @@ def test_trust_sole_source_bans_at_once() -> None:
 
 
 def test_rarest_ties_are_drawn_from_the_lowest_pieces() -> None:
-    from peers.picker import TIE_WINDOW
-
     n = 4 * TIE_WINDOW
     have = Bitfield(n)
     for i in range(8):  # past the random start
@@ -430,3 +428,46 @@ def test_rarest_ties_are_drawn_from_the_lowest_pieces() -> None:
             if k == 0:
                 firsts.add(index)
     assert len(firsts) > 5  # still random within the window
+
+
+def test_random_start_counts_pieces_in_flight() -> None:
+    # A pipeline filled before any piece arrives must not be all random picks.
+    n = 1024
+    p = picker(n, seed=3, random_first=4)
+    p.add_peer("p", Bitfield.full(n))
+    picks = [p.pick("p") for _ in range(40)]
+    assert all(i is not None for i in picks)
+    assert all(i is not None and i < 40 + TIE_WINDOW for i in picks[4:])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pieces_arrive_close_to_file_order(seed: int) -> None:
+    # The whole-file SHA1 hashes pieces from memory only while they arrive near
+    # the lowest missing one: with one peer and 32 requests in flight, no piece
+    # past the random start is picked far ahead of the lowest missing piece.
+    n = 2048
+    p = picker(n, seed=seed, random_first=4)
+    p.add_peer("p", Bitfield.full(n))
+    in_flight: list[int] = []
+    missing = set(range(n))
+    leads = []
+    while not p.done:
+        while len(in_flight) < 32 and (i := p.pick("p")) is not None:
+            in_flight.append(i)
+            leads.append(i - min(missing))
+        index = in_flight.pop(0)
+        p.received("p", index)
+        missing.discard(index)
+    assert max(leads[4:]) < 128
+
+
+def test_withdrawn_request_is_requestable_again_without_blame() -> None:
+    p = picker(2, random_first=0)
+    p.add_peer("a", Bitfield.full(2))
+    p.add_peer("b", Bitfield.full(2))
+    first = p.pick("a")
+    assert first is not None
+    p.withdrawn("a", first)
+    assert p.in_flight("a") == set()
+    # Not blamed: "a" may be asked for it again, unlike after failed().
+    assert {p.pick("a"), p.pick("a")} == {0, 1}

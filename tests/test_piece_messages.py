@@ -64,7 +64,7 @@ def test_cancel_round_trips() -> None:
 
 def test_replies_round_trip() -> None:
     assert msg.parse_reply(msg.bitfield_frame("f", b"\xff\x80")) == msg.Have("f", bits=b"\xff\x80")
-    assert msg.parse_reply(msg.have_frame("f", 3)) == msg.Have("f", index=3)
+    assert msg.parse_reply(msg.have_frame("f", [3, 5])) == msg.Have("f", indices=(3, 5))
     piece = msg.parse_reply([msg.piece_frames("f", 2), b"data"])
     assert isinstance(piece, msg.Piece) and (piece.name, piece.index) == ("f", 2)
     assert bytes(piece.data) == b"data"
@@ -113,7 +113,11 @@ def test_oversized_request_is_refused() -> None:
     [codec.encode({"t": "piece", "name": "f", "index": 0})],  # no data frame
     [codec.encode({"t": "piece", "name": "f", "index": 0}), b"a", b"b"],
     [codec.encode({"t": "piece", "name": "f", "index": -3}), b"a"],
-    [codec.encode({"t": "have", "name": "f", "index": False})],
+    [codec.encode({"t": "have", "name": "f", "index": 3})],  # the list is "indices"
+    [codec.encode({"t": "have", "name": "f", "indices": 3})],
+    [codec.encode({"t": "have", "name": "f", "indices": [1, False]})],
+    [codec.encode({"t": "have", "name": "f", "indices": [1, -2]})],
+    [codec.encode({"t": "have", "name": "f", "indices": ["1"]})],
     [codec.encode({"t": "bitfield", "name": "f", "bits": "not bytes"})],
     [codec.encode({"t": "refused", "name": "f", "code": 3, "error": "x"})],
     [codec.encode({"t": "hello", "name": "f"})],

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from p2p.pieces import PIECE_SIZE, Bitfield, piece_count, piece_range
 from peers import storage
-from peers.storage import IntegrityError, PartialDownload
+from peers.storage import IntegrityError, PartialDownload, WholeFileHasher
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -261,9 +263,12 @@ def test_whole_file_hash_follows_any_arrival_order(tmp_path: Path, order: str) -
     assert (tmp_path / "out.bin").read_bytes() == src.data
 
 
-def test_whole_file_hash_reads_back_what_is_on_disk(tmp_path: Path) -> None:
-    # Pieces written out of order are hashed from the file when their turn comes,
-    # so bytes damaged on disk after their piece check still fail the final check.
+def test_whole_file_hash_reads_back_what_is_on_disk(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pieces written too far ahead of the hashing are hashed from the file when
+    # their turn comes, so bytes damaged on disk after their piece check still
+    # fail the final check.
+    monkeypatch.setattr(WholeFileHasher, "_KEEP", 4)
     src = Source(40 * PIECE_SIZE)
     dl = open_dl(tmp_path, src)
     last = piece_count(src.size) - 1
@@ -276,3 +281,56 @@ def test_whole_file_hash_reads_back_what_is_on_disk(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError):
         dl.finish()
     assert listing(tmp_path) == set()
+
+
+@pytest.fixture(params=["direct", "no_o_direct", "refused_at_io"])
+def io_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Pieces go through O_DIRECT; or the platform has no O_DIRECT; or the
+    filesystem opens with O_DIRECT but refuses the I/O itself (EINVAL)."""
+    mode: str = request.param
+    if mode == "no_o_direct":
+        monkeypatch.delattr(os, "O_DIRECT", raising=False)
+    elif mode == "refused_at_io":
+        direct_fds: set[int] = set()
+        real_open, real_pwrite, real_preadv = storage._open_direct, os.pwrite, os.preadv
+
+        def open_direct(path: Path) -> int | None:
+            fd = real_open(path)
+            if fd is None:
+                fd = os.open(path, os.O_RDWR)  # a filesystem without it: pretend
+            direct_fds.add(fd)
+            return fd
+
+        def refuse(real: Any) -> Any:
+            def call(fd: int, *args: Any) -> Any:
+                if fd in direct_fds:
+                    raise OSError(errno.EINVAL, "Invalid argument")
+                return real(fd, *args)
+            return call
+
+        monkeypatch.setattr(storage, "_open_direct", open_direct)
+        monkeypatch.setattr(os, "pwrite", refuse(real_pwrite))
+        monkeypatch.setattr(os, "preadv", refuse(real_preadv))
+    return mode
+
+
+@pytest.mark.parametrize("size", [0, 1, PIECE_SIZE - 1, PIECE_SIZE, 3 * PIECE_SIZE + 4096,
+                                  3 * PIECE_SIZE + 1])
+def test_pieces_round_trip_whatever_the_io_path(tmp_path: Path, io_mode: str, size: int) -> None:
+    # Out of order, read back for serving, resumed, hashed whole: the bytes that
+    # land are the bytes sent, with or without direct I/O.
+    src = Source(size)
+    n = piece_count(size)
+    dl = open_dl(tmp_path, src)
+    for i in reversed(range(n // 2, n)):
+        assert dl.write_piece(i, src.piece(i))
+        assert dl.read_piece(i) == src.piece(i)
+    dl.close()
+    dl = open_dl(tmp_path, src)  # resume re-reads and re-verifies what is there
+    assert dl.have.count() == n - n // 2
+    for i in range(n // 2):
+        assert dl.write_piece(i, src.piece(i))
+    dl.finish()
+    dl.close()
+    assert (tmp_path / "out.bin").read_bytes() == src.data
+    assert listing(tmp_path) == {"out.bin"}

@@ -6,6 +6,7 @@ piece a second frame with the raw bytes (kept out of msgpack to avoid a copy).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,11 +95,12 @@ def parse_request(frame: bytes) -> Request:
 
 @dataclass(frozen=True)
 class Have:
-    """The pieces a peer holds (``bits``: a bitfield), or one more piece (``index``)."""
+    """The pieces a peer holds (``bits``: a bitfield), or more pieces it now has
+    (``indices``: those verified since it last said)."""
 
     name: str
     bits: bytes | None = None
-    index: int | None = None
+    indices: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,8 @@ def bitfield_frame(name: str, bits: bytes) -> list[bytes]:
     return [codec.encode({"t": "bitfield", "name": name, "bits": bits})]
 
 
-def have_frame(name: str, index: int) -> list[bytes]:
-    return [codec.encode({"t": "have", "name": name, "index": index})]
+def have_frame(name: str, indices: Sequence[int]) -> list[bytes]:
+    return [codec.encode({"t": "have", "name": name, "indices": list(indices)})]
 
 
 def piece_frames(name: str, index: int) -> bytes:
@@ -155,7 +157,10 @@ def parse_reply(frames: list[Any]) -> Reply:
     if kind == "bitfield":
         return Have(name, bits=_field(obj, "bits", bytes))
     if kind == "have":
-        return Have(name, index=_index(obj))
+        indices = _field(obj, "indices", list)
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
+            raise LocalError("piece indices must be non-negative integers", "bad_request")
+        return Have(name, indices=tuple(indices))
     if kind == "refused":
         index = obj.get("index")
         return Refused(name, _field(obj, "code", str), _field(obj, "error", str),
