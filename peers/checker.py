@@ -84,6 +84,7 @@ class PieceChecker:
         while (job := self._jobs.get()) is not None:
             index, data = job
             try:
+                self._partial.wait_for_hasher()
                 view = self._partial.verify(index, data)
                 if view is not None:
                     self._partial.store(index, view)

@@ -39,7 +39,7 @@ ANNOUNCE_EVERY = 1.0  # tell the tracker our progress at most this often
 MIN_CREDIT, MAX_CREDIT = 2, 24
 PIPELINE_SECONDS = 0.05  # keep this much of a peer's measured rate in flight
 CANCEL_LINGER_MS = 200  # a closed link's cancels get this long to reach the peer
-CHECK_WORKERS = 2  # threads hashing and writing pieces (hashlib and pwrite free the GIL)
+CHECK_WORKERS = 4  # threads hashing and writing pieces (hashlib and pwrite free the GIL)
 MAX_CHECKING = 32  # pieces received but not yet checked: 16 MiB at most in memory
 
 

@@ -103,10 +103,13 @@ class WholeFileHasher:
 
     A piece just written is hashed from the bytes in hand when it is next in
     order; one that arrived early is read back from the file when its turn
-    comes.  So the check at the end costs only what is left, not a second pass.
+    comes.  So the check at the end costs only what is left, not a second pass,
+    provided the hasher keeps up: ``wait_for_room`` lets the writers of pieces
+    wait for it when it falls behind (it competes with them for the CPU).
     """
 
-    _KEEP = 128  # pieces held in memory ahead of the hashing frontier
+    _KEEP = 64  # pieces held in memory ahead of the hashing frontier
+    BACKLOG = 32  # held pieces ready to hash beyond which writers wait for the hasher
 
     def __init__(self, read: Callable[[int], memoryview], size: int, have: Bitfield) -> None:
         self._read, self._size, self._have = read, size, have
@@ -114,8 +117,12 @@ class WholeFileHasher:
         self._next = 0
         self._count = piece_count(size)
         self._held: dict[int, memoryview] = {}
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # the hasher waits for its next piece
+        self._room = threading.Condition(lock)  # writers wait for the hasher
+        self._idle = False  # the hasher waits for a piece that is not there yet
         self._stopped = False
+        self._running = True
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="whole-sha1", daemon=True)
         self._thread.start()
@@ -127,6 +134,17 @@ class WholeFileHasher:
                 self._held[index] = data
             if index == self._next:  # otherwise the hasher cannot move yet
                 self._cond.notify()
+
+    def wait_for_room(self) -> None:
+        """Block while the hasher is busy with a backlog of held pieces.
+
+        Never blocks on a hasher that is waiting for a piece (or has stopped),
+        so a writer can never be waiting on the hasher while it waits on them.
+        """
+        with self._room:
+            while (len(self._held) > self.BACKLOG and not self._idle and self._running
+                   and not self._stopped):
+                self._room.wait()
 
     def hexdigest(self) -> str:
         """Wait until every piece is hashed (all must be in ``have``); the SHA1 in hex."""
@@ -141,6 +159,7 @@ class WholeFileHasher:
         with self._cond:
             self._stopped = True
             self._cond.notify()
+            self._room.notify_all()
         self._thread.join()
 
     def _run(self) -> None:
@@ -149,7 +168,10 @@ class WholeFileHasher:
                 with self._cond:
                     while (not self._stopped and self._next not in self._held
                            and self._next not in self._have):
+                        self._idle = True
+                        self._room.notify_all()
                         self._cond.wait()
+                    self._idle = False
                     if self._stopped:
                         return
                     data = self._held.pop(self._next, None)
@@ -158,8 +180,14 @@ class WholeFileHasher:
                 self._sha1.update(data)  # releases the GIL: runs beside the download
                 with self._cond:
                     self._next += 1
+                    if len(self._held) <= self.BACKLOG:
+                        self._room.notify_all()
         except BaseException as exc:  # reported by hexdigest()
             self._error = exc
+        finally:
+            with self._cond:
+                self._running = False
+                self._room.notify_all()
 
 
 class PartialDownload:
@@ -360,6 +388,16 @@ class PartialDownload:
                     raise
                 self._no_direct()
         _pwrite_all(self._require_fd(), view, offset)
+
+    def wait_for_hasher(self) -> None:
+        """Block while the whole-file SHA1 is busy with a backlog of stored pieces.
+
+        Writers on other threads call this before each piece, so the hasher
+        gets the CPU it needs to keep pace rather than leaving its work for the end.
+        """
+        hasher = self._hasher
+        if hasher is not None:
+            hasher.wait_for_room()
 
     def commit(self, index: int, view: memoryview) -> None:
         """Mark stored piece ``index`` present (serve it, resume it, hash it into the

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -334,3 +335,74 @@ def test_pieces_round_trip_whatever_the_io_path(tmp_path: Path, io_mode: str, si
     dl.close()
     assert (tmp_path / "out.bin").read_bytes() == src.data
     assert listing(tmp_path) == {"out.bin"}
+
+
+def _hasher_with_backlog(monkeypatch: pytest.MonkeyPatch, gate: threading.Event,
+                         first_present: bool) -> tuple[WholeFileHasher, Bitfield]:
+    """A hasher over 20 pieces whose piece 0 is read from 'disk' only once ``gate``
+    opens (so it stays busy), or is missing (so it waits), and 1..9 held in memory."""
+    monkeypatch.setattr(WholeFileHasher, "BACKLOG", 4)
+    n = 20
+    have = Bitfield(n)
+    piece = memoryview(b"x" * 10)
+
+    def read(index: int) -> memoryview:
+        gate.wait(10)
+        return piece
+
+    if first_present:
+        have.add(0)
+    hasher = WholeFileHasher(read, n * PIECE_SIZE, have)
+    for i in range(1, 10):
+        hasher.offer(i, piece)
+        have.add(i)
+    return hasher, have
+
+
+def test_writers_wait_for_a_busy_hasher_until_it_catches_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = threading.Event()
+    hasher, _have = _hasher_with_backlog(monkeypatch, gate, first_present=True)
+    released = threading.Event()
+    writer = threading.Thread(target=lambda: (hasher.wait_for_room(), released.set()))
+    writer.start()
+    try:
+        assert not released.wait(0.3)  # 9 held pieces behind a busy hasher: wait
+        gate.set()
+        assert released.wait(5)  # it hashed its backlog: go on
+    finally:
+        gate.set()
+        writer.join(5)
+        hasher.stop()
+
+
+def test_writers_never_wait_for_a_hasher_that_waits_for_a_piece(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = threading.Event()
+    gate.set()
+    hasher, _have = _hasher_with_backlog(monkeypatch, gate, first_present=False)
+    try:
+        done = threading.Event()
+        writer = threading.Thread(target=lambda: (hasher.wait_for_room(), done.set()))
+        writer.start()
+        # Piece 0 is what the hasher needs: holding up the writer (who may be about
+        # to store it) would deadlock.
+        assert done.wait(5)
+        writer.join(5)
+    finally:
+        hasher.stop()
+
+
+def test_stopping_the_hasher_releases_waiting_writers(monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = threading.Event()
+    hasher, _have = _hasher_with_backlog(monkeypatch, gate, first_present=True)
+    released = threading.Event()
+    writer = threading.Thread(target=lambda: (hasher.wait_for_room(), released.set()))
+    writer.start()
+    assert not released.wait(0.2)
+    stopper = threading.Thread(target=hasher.stop)
+    stopper.start()
+    assert released.wait(5)
+    gate.set()  # lets the hasher's pending read return, so stop() can join it
+    stopper.join(5)
+    writer.join(5)
