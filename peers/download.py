@@ -40,7 +40,7 @@ MIN_CREDIT, MAX_CREDIT = 2, 24
 PIPELINE_SECONDS = 0.05  # keep this much of a peer's measured rate in flight
 CANCEL_LINGER_MS = 200  # a closed link's cancels get this long to reach the peer
 CHECK_WORKERS = 4  # threads hashing and writing pieces (hashlib and pwrite free the GIL)
-MAX_CHECKING = 32  # pieces received but not yet checked: 16 MiB at most in memory
+MAX_CHECKING = 32  # pieces waiting to be checked beyond which no new request goes out
 
 
 class Host(Protocol):
@@ -380,6 +380,7 @@ class Download:
         link.rate = size / since if link.rate == 0 else 0.8 * link.rate + 0.2 * size / since
         link.last_piece_at = now
         link.received += 1
+        picker.arrived(link.addr, index)
         self._checking[index] = link.addr
         checker.submit(index, piece.data)
 

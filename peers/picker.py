@@ -77,6 +77,8 @@ class Picker:
         self._requesters: dict[int, set[str]] = {}  # piece -> peers it is in flight to
         self._inflight = 0  # pieces in flight to at least one peer
         self._saturated = 0  # pieces in flight to endgame_dup peers
+        self._arrived = 0  # pieces whose copy is being verified: asked of nobody meanwhile
+        self._arrived_from: dict[int, str] = {}
         self._peer_inflight: dict[str, int] = {}
         self._failed: dict[int, set[str]] = {}  # piece -> peers that sent it bad
         self._peer_failed: dict[str, int] = {}
@@ -176,14 +178,15 @@ class Picker:
         bits = self._peers.get(peer)
         if bits is None:
             return None
-        pending = self._missing & ~self._inflight
+        pending = self._missing & ~self._inflight & ~self._arrived
         candidates = pending & bits
         if candidates:
             candidates &= ~self._avoided(peer, candidates)
         if candidates:
             # Counting pieces in flight too: a deep pipeline must not turn a few
             # random picks into dozens before the first piece arrives.
-            if self._have.count() + len(self._requesters) < self._random_first:
+            started = self._have.count() + len(self._requesters) + self._arrived.bit_count()
+            if started < self._random_first:
                 index = self._random_bit(candidates)
             else:
                 index = -1
@@ -201,6 +204,7 @@ class Picker:
         candidates = (
             self._missing
             & self._inflight
+            & ~self._arrived
             & bits
             & ~self._saturated
             & ~self._peer_inflight.get(peer, 0)
@@ -238,10 +242,21 @@ class Picker:
 
     # -- outcomes ------------------------------------------------------------
 
+    def arrived(self, peer: str, index: int) -> None:
+        """A copy of ``index`` came from ``peer`` and is being verified: no longer in
+        flight to it, and asked of no other peer until ``received`` or ``failed``
+        (even if ``peer`` is removed meanwhile)."""
+        self._check(index)
+        self._unrequest(peer, index)
+        self._arrived |= 1 << index
+        self._arrived_from[index] = peer
+
     def received(self, peer: str, index: int) -> list[str]:
         """Piece verified and stored; returns the other peers it is still in
         flight to (sorted), whose requests should be cancelled."""
         self._check(index)
+        self._arrived &= ~(1 << index)
+        self._arrived_from.pop(index, None)
         others = sorted(self._requesters.get(index, set()) - {peer})
         for q in [peer, *others]:
             self._unrequest(q, index)
@@ -263,6 +278,9 @@ class Picker:
         preferably from another peer."""
         self._check(index)
         self._unrequest(peer, index)
+        if self._arrived_from.get(index) == peer:  # its copy was the one being verified
+            del self._arrived_from[index]
+            self._arrived &= ~(1 << index)
         if index in self._have:
             return
         self._failed.setdefault(index, set()).add(peer)
@@ -276,7 +294,7 @@ class Picker:
 
     def unavailable(self) -> list[int]:
         """Missing pieces that no connected peer has, ascending."""
-        return list(iter_set_bits(self._missing & self._levels[0]))
+        return list(iter_set_bits(self._missing & self._levels[0] & ~self._arrived))
 
     @property
     def done(self) -> bool:

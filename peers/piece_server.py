@@ -83,7 +83,8 @@ class PieceServer:
         # identity -> files it opened; LRU so a flood of connections stays bounded
         self._opened: collections.OrderedDict[bytes, set[Key]] = collections.OrderedDict()
         self._queue: collections.deque[tuple[bytes, Key, int]] = collections.deque()
-        self._recent: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
+        self._recent: collections.OrderedDict[tuple[str, str, str, int], bytes] = (
+            collections.OrderedDict())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="piece-server", daemon=True)
         self._local = threading.local()
@@ -274,8 +275,10 @@ class PieceServer:
 
     def _read(self, source: Source, index: int) -> bytes | None:
         """Piece ``index`` of ``source``, from the recently served ones if it is there."""
-        # Keyed by content: the bytes of a piece of the file with this SHA1 never change.
-        key = (source.sha1, index)
+        if not source.has(index):
+            return None
+        # The bytes of a piece of this share (same group, name and SHA1) never change.
+        key = (*source.key, source.sha1, index)
         data = self._recent.get(key)
         if data is not None:
             self._recent.move_to_end(key)

@@ -81,6 +81,12 @@ class Source:
             return self.partial.have.copy()
         return Bitfield.full(piece_count(self.size))
 
+    def has(self, index: int) -> bool:
+        """Whether piece ``index`` is here to serve (a partial holds only some)."""
+        if self.partial is not None:
+            return index in self.partial.have
+        return 0 <= index < piece_count(self.size)
+
     def read(self, index: int) -> bytes | None:
         """Piece ``index`` if we have it and it still matches its hash, else None.
 

@@ -221,6 +221,7 @@ class PartialDownload:
         self._fd: int | None = fd
         self._direct_fd = _open_direct(self.part_path) if size else None
         self._opened_direct = self._direct_fd  # kept for closing if writes fall back
+        self._closing = threading.Lock()  # held by readers from other threads, and by close
         if self._direct_fd is not None and hasattr(os, "posix_fadvise"):
             # No readahead on the buffered descriptor: it could cache blocks of a
             # piece that a direct write is about to replace.
@@ -284,9 +285,13 @@ class PartialDownload:
                 raise
         assert have is not None
         self = cls(final_path, size, sha1, piece_hashes, resume_path, fd, have)
-        if have.count():
-            self._reverify()
-        self._save()
+        try:
+            if have.count():
+                self._reverify()
+            self._save()
+        except BaseException:
+            self._close_fd()
+            raise
         return self
 
     @staticmethod
@@ -417,11 +422,16 @@ class PartialDownload:
             self._save()
 
     def read_piece(self, index: int) -> bytes:
-        """The bytes of a verified piece (to serve onward); KeyError if absent."""
-        self._require_fd()
-        if index not in self.have:
-            raise KeyError(index)
-        return bytes(self._read(index))
+        """The bytes of a verified piece (to serve onward); KeyError if absent.
+
+        Safe to call from another thread, also while the download is being closed
+        (ValueError once it is).
+        """
+        with self._closing:
+            self._require_fd()
+            if index not in self.have:
+                raise KeyError(index)
+            return bytes(self._read(index))
 
     def _read(self, index: int) -> memoryview:
         """Piece ``index`` as stored, in this thread's buffer (valid until its next use)."""
@@ -547,12 +557,13 @@ class PartialDownload:
 
     def _close_fd(self) -> None:
         self._stop_hasher()
-        if self._opened_direct is not None:
-            os.close(self._opened_direct)
-        self._direct_fd = self._opened_direct = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._closing:  # not while the piece server reads: the number could be reused
+            direct, fd = self._opened_direct, self._fd
+            self._direct_fd = self._opened_direct = self._fd = None
+            if direct is not None:
+                os.close(direct)
+            if fd is not None:
+                os.close(fd)
 
     def __enter__(self) -> Self:
         return self

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from p2p.pieces import PIECE_SIZE, Bitfield, piece_sha1
 from peers import download as download_mod
 from peers.download import Download
 from peers.shares import Key, Source
+from peers.storage import PartialDownload
 from tests.procs import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -152,3 +154,27 @@ def test_endgame_duplicate_and_a_dropped_peer_are_cancelled(
         assert server.requests("cancel") == []  # it owes us nothing
     finally:
         d.stop()
+
+
+def test_a_piece_being_checked_is_not_requested_again(
+        peers: list[Peer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Checking a piece can take a while (the hasher may hold the checkers back); its
+    # copy from the other peer, and the endgame, must not ask for it over and over.
+    real = PartialDownload.verify
+
+    def slow(self: PartialDownload, index: int, data: Any) -> Any:
+        time.sleep(0.3)
+        return real(self, index, data)
+
+    monkeypatch.setattr(PartialDownload, "verify", slow)
+    a = Peer(has={0, 1}, serves=frozenset({0, 1}))
+    b = Peer(has={0, 1}, serves=frozenset({0, 1}))
+    d = start(peers, tmp_path, a, b)
+    try:
+        wait_for(lambda: d.state == "complete", 10, "the download to complete")
+    finally:
+        d.stop()
+    gets = a.requests("get") + b.requests("get")
+    # Each piece from one peer, at most once more in the endgame.
+    assert all(gets.count(i) <= 2 for i in range(COUNT)), gets
+    assert (tmp_path / "f.bin").read_bytes() == DATA

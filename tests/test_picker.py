@@ -471,3 +471,32 @@ def test_withdrawn_request_is_requestable_again_without_blame() -> None:
     assert p.in_flight("a") == set()
     # Not blamed: "a" may be asked for it again, unlike after failed().
     assert {p.pick("a"), p.pick("a")} == {0, 1}
+
+
+def test_a_piece_being_verified_is_asked_of_nobody_else() -> None:
+    # Endgame: both pieces in flight to "a"; piece 0 arrives and is being verified.
+    p = picker(2, random_first=0, endgame_dup=2)
+    p.add_peer("a", Bitfield.full(2))
+    p.add_peer("b", Bitfield.full(2))
+    assert {p.pick("a"), p.pick("a")} == {0, 1}
+    p.arrived("a", 0)
+    assert p.pick("b") == 1  # the endgame duplicates only the piece still out
+    assert p.pick("b") is None
+    p.remove_peer("a")  # its copy is still being verified: not requestable
+    assert p.pick("b") is None
+    assert p.unavailable() == []
+    assert p.received("a", 0) == []
+    assert not p.done
+
+
+def test_a_verified_copy_that_fails_makes_the_piece_requestable_again() -> None:
+    p = picker(1, random_first=0)
+    p.add_peer("a", Bitfield.full(1))
+    p.add_peer("b", Bitfield.full(1))
+    assert p.pick("a") == 0
+    p.arrived("a", 0)
+    assert p.pick("b") is None
+    p.failed("b", 0)  # someone else's refusal does not end the verification
+    assert p.pick("b") is None
+    p.failed("a", 0)  # the copy from "a" was bad
+    assert p.pick("b") == 0

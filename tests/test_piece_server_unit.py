@@ -22,6 +22,7 @@ from p2p.pieces import PIECE_SIZE, Bitfield, piece_sha1
 from peers import piece_server
 from peers.piece_server import PieceServer
 from peers.shares import ShareRegistry, Source
+from peers.storage import PartialDownload
 from tests.procs import free_port
 
 pytestmark = pytest.mark.timeout(30)
@@ -185,3 +186,37 @@ def test_a_ticket_is_trusted_for_a_few_seconds_only(tmp_path: Path,
         s.server.start()  # (stop joins the thread)
         s.close()
     assert piece_server.TICKET_CACHE_SECONDS <= 5.0
+
+
+def test_a_recently_served_piece_goes_only_to_shares_that_hold_it(tmp_path: Path) -> None:
+    # The same file (same SHA1) shared in another group by a downloader that does not
+    # hold piece 0 yet: the copy of piece 0 just served from the first share must not
+    # leak out through the second.
+    s = Served(tmp_path, limit=None)
+    hashes = [piece_sha1(s.data[i:i + PIECE_SIZE]) for i in range(0, len(s.data), PIECE_SIZE)]
+    (tmp_path / "other").mkdir()
+    partial = PartialDownload.open(tmp_path / "other" / "f.bin", len(s.data), s.sha1, hashes,
+                                   tmp_path / "other.resume")
+    assert partial.write_piece(1, s.data[PIECE_SIZE:2 * PIECE_SIZE])
+    other_key = ("g2", "f.bin")
+    s.registry.put(Source(other_key, len(s.data), b"".join(hashes), partial.part_path, partial))
+    s.server.start()
+    try:
+        first = s.downloader()
+        send(first, msg.Get(*KEY, 0))
+        assert piece_index(first, 5) == 0
+        second: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
+        second.setsockopt(zmq.LINGER, 0)
+        second.connect(f"tcp://127.0.0.1:{s.port}")
+        s.sockets.append(second)
+        send(second, msg.Hello(*other_key, s.sha1, "bob", "ticket"))
+        opened = reply(second, 5)
+        assert isinstance(opened, msg.Have) and opened.bits is not None
+        send(second, msg.Get(*other_key, 0))
+        refused = reply(second, 5)
+        assert isinstance(refused, msg.Refused) and refused.code == "bad_piece", refused
+        send(second, msg.Get(*other_key, 1))
+        assert piece_index(second, 5) == 1
+    finally:
+        s.close()
+        partial.close()
