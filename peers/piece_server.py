@@ -131,7 +131,10 @@ class PieceServer:
                     self._drain(self._sock, self._on_request)
                 if self._tell_at is not None and now >= self._tell_at:
                     self._tell_at = None
-                    self._tell_news()
+                    try:
+                        self._tell_news()
+                    except Exception:  # never stop serving over a notice
+                        log.exception("could not pass on new pieces")
                 wait = self._send_queued()
                 if self._tell_at is not None:
                     wait = min(wait, max(1, int((self._tell_at - now) * 1000)))
@@ -161,7 +164,10 @@ class PieceServer:
             news.setdefault(key, []).append(index)
         for ident, opened in list(self._opened.items()):  # _send may forget some
             for key in opened & news.keys():
-                self._send(ident, msg.have_frame(key[1], news[key]))
+                indices = news[key]
+                for start in range(0, len(indices), msg.MAX_HAVE_INDICES):
+                    self._send(ident, msg.have_frame(key[1],
+                                                     indices[start:start + msg.MAX_HAVE_INDICES]))
 
     def _on_request(self, frames: list[bytes]) -> None:
         if len(frames) != 2:

@@ -170,3 +170,12 @@ def test_parsed_fields_are_valid(obj: dict[str, Any]) -> None:
         assert type(request.index) is int and request.index >= 0
     else:
         assert isinstance(request.ticket, str) and isinstance(request.user, str)
+
+
+def test_the_largest_have_message_fits_a_reply() -> None:
+    # However many pieces a peer announces at once, each message stays parseable.
+    name = "n" * 255
+    indices = [2**32 - 1] * msg.MAX_HAVE_INDICES
+    assert msg.parse_reply(msg.have_frame(name, indices)) == msg.Have(name, indices=tuple(indices))
+    with pytest.raises(ValueError):
+        msg.have_frame(name, indices + [0])

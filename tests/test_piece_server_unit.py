@@ -220,3 +220,25 @@ def test_a_recently_served_piece_goes_only_to_shares_that_hold_it(tmp_path: Path
     finally:
         s.close()
         partial.close()
+
+
+def test_announced_pieces_reach_a_downloader_once_each_in_few_messages(tmp_path: Path) -> None:
+    s = Served(tmp_path, limit=None)
+    s.server.start()
+    try:
+        sock = s.downloader()
+        count = msg.MAX_HAVE_INDICES + 500  # more than one message can carry
+        for index in range(count):
+            s.server.announce(KEY, index)
+        told: list[int] = []
+        messages = 0
+        while len(told) < count:
+            got = reply(sock, 5)
+            assert isinstance(got, msg.Have) and got.bits is None, got
+            told += got.indices
+            messages += 1
+        assert sorted(told) == list(range(count))
+        assert messages <= 10  # batched, not one message per piece
+        assert reply(sock, 0.3) is None
+    finally:
+        s.close()

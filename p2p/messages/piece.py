@@ -15,6 +15,7 @@ from p2p.errors import LocalError
 from p2p.messages.tracker import check_file_name, check_id
 
 MAX_REQUEST = 64 * 1024  # requests are small; anything bigger is refused by the socket
+MAX_HAVE_INDICES = 4096  # per Have message: well inside MAX_REQUEST however large the indices
 
 
 def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -128,6 +129,9 @@ def bitfield_frame(name: str, bits: bytes) -> list[bytes]:
 
 
 def have_frame(name: str, indices: Sequence[int]) -> list[bytes]:
+    """One Have message; at most ``MAX_HAVE_INDICES`` indices (split longer lists)."""
+    if len(indices) > MAX_HAVE_INDICES:
+        raise ValueError(f"{len(indices)} indices in one Have message")
     return [codec.encode({"t": "have", "name": name, "indices": list(indices)})]
 
 
