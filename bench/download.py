@@ -114,7 +114,7 @@ def run_swarm(root: Path, source: Path, size: int, downloaders: int) -> tuple[fl
         seeder.ok(f"upload_file {source} bench", timeout=120)
         clients = []
         for i in range(downloaders):
-            d = c.client(f"d{i}")
+            d = c.client(f"d{i}", extra_args=["-v"])  # its log says where the time went
             member(c, d, f"d{i}", seeder)
             (work / f"out{i}").mkdir()
             clients.append(d)
@@ -131,6 +131,10 @@ def run_swarm(root: Path, source: Path, size: int, downloaders: int) -> tuple[fl
         print(f"  ({downloaders} downloader(s): CPU seconds seeder {cpu[0]:.2f}, downloaders "
               + ", ".join(f"{x:.2f}" for x in cpu[1:]) + f", wall {elapsed:.2f})")
         rss = [peak_rss_mb(d.proc.pid) for d in clients]
+        for i in range(downloaders):
+            for line in (work / f"d{i}.log").read_text().splitlines():
+                if "fetched in" in line:
+                    print(f"  (d{i}: {line.split(': ', 2)[-1]})")
         for i in range(downloaders):
             out = work / f"out{i}" / source.name
             assert out.stat().st_size == size

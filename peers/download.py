@@ -104,6 +104,8 @@ class Download:
         self._banned: set[str] = set()
         self._trust = Trust()
         self._checking: dict[int, str] = {}  # piece being checked -> the peer that sent it
+        self._arrivals = 0  # pieces handed to the checkers
+        self._unneeded = 0  # piece copies that came when they were no longer wanted
         self._rate_window: collections.deque[tuple[float, int]] = collections.deque()
         self._thread = threading.Thread(target=self._main, name=f"download-{name}", daemon=True)
 
@@ -150,8 +152,10 @@ class Download:
                 transferred = time.monotonic()
                 partial.finish()
                 self.state = "complete"
-                log.info("%s: %d bytes fetched in %.2f s, whole-file check %.2f s", self.name,
-                         self.size, transferred - started, time.monotonic() - transferred)
+                log.info("%s: %d bytes fetched in %.2f s (%d pieces, %d copies not needed, "
+                         "%d read back for the whole-file SHA1), whole-file check %.2f s",
+                         self.name, self.size, transferred - started, self._arrivals,
+                         self._unneeded, partial.read_back, time.monotonic() - transferred)
         except IntegrityError:
             self._fail("the whole file's SHA1 does not match; nothing was kept")
             partial = None
@@ -370,10 +374,13 @@ class Download:
         index = piece.index
         sent = link.in_flight.pop(index, None)
         if sent is None or not 0 <= index < self.count or index in partial.have:
-            return  # a duplicate from the endgame, or a piece we never asked for
+            self._unneeded += 1  # a duplicate from the endgame, or a piece we never asked for
+            return
         if index in self._checking:  # another peer's copy is being checked
+            self._unneeded += 1
             picker.withdrawn(link.addr, index)
             return
+        self._arrivals += 1
         now = time.monotonic()
         size = len(piece.data)
         since = max(now - (link.last_piece_at or sent), 1e-4)

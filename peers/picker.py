@@ -20,6 +20,11 @@ __all__ = ["Picker", "Trust"]
 # 1/TIE_WINDOW): pieces then arrive close to file order, which the whole-file
 # SHA1 needs to hash them from memory instead of reading them back.
 TIE_WINDOW = 8
+# Rarest first looks only at the WINDOW lowest-numbered pieces a peer can give us:
+# a piece common among peers would otherwise wait until the end, and the whole-file
+# SHA1, which goes in file order, would wait with it and then have to read back
+# every piece that came meanwhile.
+WINDOW = 48
 
 
 def _nth_set_bit(value: int, n: int) -> int:
@@ -39,10 +44,11 @@ def _nth_set_bit(value: int, n: int) -> int:
 class Picker:
     """Piece selection for one download.
 
-    A few random pieces first (something to trade quickly), then rarest first with
-    random ties among the lowest-numbered ``TIE_WINDOW``; a piece is in flight to
-    one peer at a time, except in endgame, when every missing piece that any peer
-    has is already requested: then a piece may be requested from up to
+    A few random pieces first (something to trade quickly), then rarest first among
+    the ``WINDOW`` lowest-numbered pieces the peer can give us, with random ties
+    among the lowest-numbered ``TIE_WINDOW``; a piece is in flight to one peer at
+    a time, except in endgame, when every missing piece that any peer has is
+    already requested: then a piece may be requested from up to
     ``endgame_dup`` peers, and ``received`` names the others to cancel.
     """
 
@@ -189,9 +195,12 @@ class Picker:
             if started < self._random_first:
                 index = self._random_bit(candidates)
             else:
+                pool = candidates
+                if pool.bit_count() > WINDOW:
+                    pool &= (1 << _nth_set_bit(pool, WINDOW)) - 1
                 index = -1
                 for level in self._levels[1:]:
-                    rarest = candidates & level
+                    rarest = pool & level
                     if rarest:
                         index = self._random_low_bit(rarest)
                         break

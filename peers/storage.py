@@ -109,12 +109,13 @@ class WholeFileHasher:
     """
 
     _KEEP = 64  # pieces held in memory ahead of the hashing frontier
-    BACKLOG = 32  # held pieces ready to hash beyond which writers wait for the hasher
+    BACKLOG = 32  # pieces present but not hashed beyond which writers wait for the hasher
 
     def __init__(self, read: Callable[[int], memoryview], size: int, have: Bitfield) -> None:
         self._read, self._size, self._have = read, size, have
         self._sha1 = hashlib.sha1()
         self._next = 0
+        self.read_back = 0  # pieces read from the file because they were no longer held
         self._count = piece_count(size)
         self._held: dict[int, memoryview] = {}
         lock = threading.Lock()
@@ -136,15 +137,20 @@ class WholeFileHasher:
                 self._cond.notify()
 
     def wait_for_room(self) -> None:
-        """Block while the hasher is busy with a backlog of held pieces.
+        """Block while the hasher is busy with a backlog of pieces present but not hashed.
 
         Never blocks on a hasher that is waiting for a piece (or has stopped),
         so a writer can never be waiting on the hasher while it waits on them.
         """
         with self._room:
-            while (len(self._held) > self.BACKLOG and not self._idle and self._running
+            while (self._backlog() > self.BACKLOG and not self._idle and self._running
                    and not self._stopped):
                 self._room.wait()
+
+    def _backlog(self) -> int:
+        # Present but not hashed yet, held in memory or not: counting only held
+        # pieces would miss a hasher so far behind that new pieces are not held.
+        return self._have.count() - self._next
 
     def hexdigest(self) -> str:
         """Wait until every piece is hashed (all must be in ``have``); the SHA1 in hex."""
@@ -177,10 +183,11 @@ class WholeFileHasher:
                     data = self._held.pop(self._next, None)
                 if data is None:
                     data = self._read(self._next)
+                    self.read_back += 1
                 self._sha1.update(data)  # releases the GIL: runs beside the download
                 with self._cond:
                     self._next += 1
-                    if len(self._held) <= self.BACKLOG:
+                    if self._backlog() <= self.BACKLOG:
                         self._room.notify_all()
         except BaseException as exc:  # reported by hexdigest()
             self._error = exc
@@ -393,6 +400,11 @@ class PartialDownload:
                     raise
                 self._no_direct()
         _pwrite_all(self._require_fd(), view, offset)
+
+    @property
+    def read_back(self) -> int:
+        """Pieces the whole-file SHA1 had to read back from the file so far."""
+        return self._hasher.read_back if self._hasher is not None else 0
 
     def wait_for_hasher(self) -> None:
         """Block while the whole-file SHA1 is busy with a backlog of stored pieces.

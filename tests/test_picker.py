@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2p.pieces import Bitfield
-from peers.picker import TIE_WINDOW, Picker, Trust
+from peers.picker import TIE_WINDOW, WINDOW, Picker, Trust
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -500,3 +500,20 @@ def test_a_verified_copy_that_fails_makes_the_piece_requestable_again() -> None:
     assert p.pick("b") is None
     p.failed("a", 0)  # the copy from "a" was bad
     assert p.pick("b") == 0
+
+
+def test_rarest_first_looks_only_at_the_lowest_pieces_a_peer_can_give() -> None:
+    n = 512
+    p = picker(n, have=range(8), random_first=0)  # past the random start
+    p.add_peer("a", Bitfield.full(n))
+    p.add_peer("b", bf(n, list(range(8, 20)) + list(range(40, 300))))  # 20..39 and 300.. rare
+    requested: set[int] = set()
+    for _ in range(60):
+        window = sorted(set(range(8, n)) - requested)[:WINDOW]
+        index = p.pick("a")
+        assert index is not None
+        # Rare pieces first, but only among the lowest the peer can give: never the
+        # rare ones far ahead, which would leave the common ones for the end.
+        assert index in window and index < 300
+        requested.add(index)
+    assert set(range(20, 40)) <= requested  # the rare ones in the window went first

@@ -406,3 +406,24 @@ def test_stopping_the_hasher_releases_waiting_writers(monkeypatch: pytest.Monkey
     gate.set()  # lets the hasher's pending read return, so stop() can join it
     stopper.join(5)
     writer.join(5)
+
+
+def test_writers_wait_even_when_the_hasher_is_too_far_behind_to_hold_pieces(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pieces beyond the held window still count: otherwise a hasher far enough
+    # behind would see no backlog at all and never be waited for.
+    monkeypatch.setattr(WholeFileHasher, "_KEEP", 2)
+    gate = threading.Event()
+    hasher, _have = _hasher_with_backlog(monkeypatch, gate, first_present=True)
+    released = threading.Event()
+    writer = threading.Thread(target=lambda: (hasher.wait_for_room(), released.set()))
+    writer.start()
+    try:
+        assert len(hasher._held) <= 2
+        assert not released.wait(0.3)
+        gate.set()
+        assert released.wait(5)
+    finally:
+        gate.set()
+        writer.join(5)
+        hasher.stop()
