@@ -359,15 +359,20 @@ def _hasher_with_backlog(monkeypatch: pytest.MonkeyPatch, gate: threading.Event,
     return hasher, have
 
 
+@pytest.mark.parametrize("keep", [64, 2])
 def test_writers_wait_for_a_busy_hasher_until_it_catches_up(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, keep: int) -> None:
+    # With keep=2 the hasher is too far behind to hold the pieces: they still count,
+    # or a hasher far enough behind would see no backlog and never be waited for.
+    monkeypatch.setattr(WholeFileHasher, "_KEEP", keep)
     gate = threading.Event()
     hasher, _have = _hasher_with_backlog(monkeypatch, gate, first_present=True)
     released = threading.Event()
     writer = threading.Thread(target=lambda: (hasher.wait_for_room(), released.set()))
     writer.start()
     try:
-        assert not released.wait(0.3)  # 9 held pieces behind a busy hasher: wait
+        assert len(hasher._held) <= keep
+        assert not released.wait(0.3)  # 9 pieces behind a busy hasher: wait
         gate.set()
         assert released.wait(5)  # it hashed its backlog: go on
     finally:
@@ -406,24 +411,3 @@ def test_stopping_the_hasher_releases_waiting_writers(monkeypatch: pytest.Monkey
     gate.set()  # lets the hasher's pending read return, so stop() can join it
     stopper.join(5)
     writer.join(5)
-
-
-def test_writers_wait_even_when_the_hasher_is_too_far_behind_to_hold_pieces(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # Pieces beyond the held window still count: otherwise a hasher far enough
-    # behind would see no backlog at all and never be waited for.
-    monkeypatch.setattr(WholeFileHasher, "_KEEP", 2)
-    gate = threading.Event()
-    hasher, _have = _hasher_with_backlog(monkeypatch, gate, first_present=True)
-    released = threading.Event()
-    writer = threading.Thread(target=lambda: (hasher.wait_for_room(), released.set()))
-    writer.start()
-    try:
-        assert len(hasher._held) <= 2
-        assert not released.wait(0.3)
-        gate.set()
-        assert released.wait(5)
-    finally:
-        gate.set()
-        writer.join(5)
-        hasher.stop()
