@@ -67,7 +67,6 @@ class PeerLink:
     last_heard: float = 0.0
     rate: float = 0.0  # bytes/s, smoothed over piece inter-arrival times
     last_piece_at: float = 0.0
-    received: int = 0
 
     def credit(self) -> int:
         wanted = int(self.rate * PIPELINE_SECONDS / PIECE_SIZE) + MIN_CREDIT
@@ -386,7 +385,6 @@ class Download:
         since = max(now - (link.last_piece_at or sent), 1e-4)
         link.rate = size / since if link.rate == 0 else 0.8 * link.rate + 0.2 * size / since
         link.last_piece_at = now
-        link.received += 1
         picker.arrived(link.addr, index)
         self._checking[index] = link.addr
         checker.submit(index, piece.data)

@@ -387,18 +387,12 @@ class PartialDownload:
 
         Safe to call from several threads at once for different pieces.
         """
-        offset, _length = piece_range(index, self.size)
-        direct = self._direct_fd
-        if direct is not None and len(view) % DIRECT_ALIGN == 0:
-            aligned = _aligned_buffer()[:len(view)]
+        offset, length = piece_range(index, self.size)
+        if self._direct_fd is not None and length % DIRECT_ALIGN == 0:
+            aligned = _aligned_buffer()[:length]
             aligned[:] = view
-            try:
-                _pwrite_all(direct, aligned, offset)
+            if self._direct(_pwrite_all, aligned, offset):
                 return
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self._no_direct()
         _pwrite_all(self._require_fd(), view, offset)
 
     @property
@@ -449,26 +443,30 @@ class PartialDownload:
         """Piece ``index`` as stored, in this thread's buffer (valid until its next use)."""
         offset, length = piece_range(index, self.size)
         chunk = _aligned_buffer()[:length]
-        direct = self._direct_fd
-        if direct is not None and length % DIRECT_ALIGN == 0:
-            # Pieces were written around the page cache: reading them through it
-            # would only fill it.
-            try:
-                _pread_exact(direct, chunk, offset)
-                return chunk
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self._no_direct()
-        _pread_exact(self._require_fd(), chunk, offset)
+        # Pieces were written around the page cache: reading them through it
+        # would only fill it.
+        if not (length % DIRECT_ALIGN == 0 and self._direct(_pread_exact, chunk, offset)):
+            _pread_exact(self._require_fd(), chunk, offset)
         return chunk
 
-    def _no_direct(self) -> None:
+    def _direct(self, io: Callable[[int, memoryview, int], None], buf: memoryview,
+                offset: int) -> bool:
+        """Do ``io`` (pread or pwrite of an aligned ``buf``) with O_DIRECT; False if
+        the caller must go through the page cache instead."""
+        fd = self._direct_fd
+        if fd is None:
+            return False
+        try:
+            io(fd, buf, offset)
+            return True
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
         # Some filesystems open with O_DIRECT but refuse the I/O itself.  The
         # descriptor stays open until close: another thread may be using it.
-        if self._direct_fd is not None:
-            log.info("direct I/O refused for %s: using the page cache", self.part_path)
-            self._direct_fd = None
+        log.info("direct I/O refused for %s: using the page cache", self.part_path)
+        self._direct_fd = None
+        return False
 
     # -- persistence ---------------------------------------------------------
 
@@ -495,7 +493,7 @@ class PartialDownload:
     def save_pending(self) -> None:
         """Persist the resume record if pieces were verified since it was last saved.
 
-        ``write_piece`` saves only when a piece arrives, so a download that stalls
+        ``commit`` saves only when a piece arrives, so a download that stalls
         calls this now and then: a crash then loses at most that interval's pieces.
         """
         if self._fd is not None and not self._finished and self._unsaved:

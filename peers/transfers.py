@@ -57,10 +57,10 @@ class Downloads:
         with self._lock:
             if any(d.final_path == final and d.running for d in self._all):
                 raise LocalError(f"{final} is already being downloaded", "io_error")
-            for other in self._all:
-                if (other.group, other.name) == (group, name) and other.running:
-                    raise LocalError(f"{name} from {group} is already being downloaded to "
-                                     f"{other.final_path}", "io_error")
+        for other in self.find(group, name):
+            if other.running:
+                raise LocalError(f"{name} from {group} is already being downloaded to "
+                                 f"{other.final_path}", "io_error")
         info = self._host.tracker_call("file_info", {"group": group, "name": name})
         if not info["peers"] and info["size"] > 0:
             raise LocalError(f"nobody else online shares {name} in {group}", "no_seeders")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from p2p import codec
 from p2p.errors import LocalError
@@ -48,27 +48,28 @@ class Hello:
 
 
 @dataclass(frozen=True)
-class Get:
-    """Ask for one whole piece of a file opened with Hello."""
-
+class _PieceRequest:
     group: str
     name: str
     index: int
+    KIND: ClassVar[str]
 
     def to_wire(self) -> dict[str, Any]:
-        return {"t": "get", "group": self.group, "name": self.name, "index": self.index}
+        return {"t": self.KIND, "group": self.group, "name": self.name, "index": self.index}
 
 
 @dataclass(frozen=True)
-class Cancel:
+class Get(_PieceRequest):
+    """Ask for one whole piece of a file opened with Hello."""
+
+    KIND: ClassVar[str] = "get"
+
+
+@dataclass(frozen=True)
+class Cancel(_PieceRequest):
     """Withdraw a Get not yet served (the piece came from another peer, or we left)."""
 
-    group: str
-    name: str
-    index: int
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"t": "cancel", "group": self.group, "name": self.name, "index": self.index}
+    KIND: ClassVar[str] = "cancel"
 
 
 Request = Hello | Get | Cancel
