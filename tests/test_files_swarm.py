@@ -37,15 +37,21 @@ def _waiting(client: ClientProc) -> str:
     return str(entry(client, "g", "f.bin")["waiting"])
 
 
-def test_download_takes_pieces_from_two_peers(one_tracker: Cluster, tmp_path: Path) -> None:
-    count = 12
-    cl = group_of(one_tracker, ["alice", "bob", "carol"],
-                  limits={"alice": 2048, "bob": 2048})
-    alice, bob, carol = cl["alice"], cl["bob"], cl["carol"]
+def _two_seeders(c: Cluster, tmp_path: Path, count: int, limit: int
+                 ) -> tuple[ClientProc, ClientProc, ClientProc, bytes]:
+    """alice and bob share the same file of ``count`` pieces in group g, each at
+    ``limit`` KiB/s; carol is a member with nothing.  Returns them and the data."""
+    cl = group_of(c, ["alice", "bob", "carol"], limits={"alice": limit, "bob": limit})
     data = make_file(tmp_path / "a" / "f.bin", pieces(count))
     make_file(tmp_path / "b" / "f.bin", pieces(count))
-    alice.ok(f"upload_file {tmp_path / 'a' / 'f.bin'} g")
-    bob.ok(f"upload_file {tmp_path / 'b' / 'f.bin'} g")
+    cl["alice"].ok(f"upload_file {tmp_path / 'a' / 'f.bin'} g")
+    cl["bob"].ok(f"upload_file {tmp_path / 'b' / 'f.bin'} g")
+    return cl["alice"], cl["bob"], cl["carol"], data
+
+
+def test_download_takes_pieces_from_two_peers(one_tracker: Cluster, tmp_path: Path) -> None:
+    count = 12
+    alice, bob, carol, data = _two_seeders(one_tracker, tmp_path, count, limit=2048)
 
     carol.ok(f"download_file g f.bin {tmp_path}")
     finished = done(carol, "g", "f.bin")
@@ -60,13 +66,7 @@ def test_download_takes_pieces_from_two_peers(one_tracker: Cluster, tmp_path: Pa
 
 def test_seeder_killed_mid_download(one_tracker: Cluster, tmp_path: Path) -> None:
     count = 12
-    cl = group_of(one_tracker, ["alice", "bob", "carol"],
-                  limits={"alice": 1024, "bob": 1024})
-    alice, bob, carol = cl["alice"], cl["bob"], cl["carol"]
-    data = make_file(tmp_path / "a" / "f.bin", pieces(count))
-    make_file(tmp_path / "b" / "f.bin", pieces(count))
-    alice.ok(f"upload_file {tmp_path / 'a' / 'f.bin'} g")
-    bob.ok(f"upload_file {tmp_path / 'b' / 'f.bin'} g")
+    alice, bob, carol, data = _two_seeders(one_tracker, tmp_path, count, limit=1024)
 
     dest = tmp_path / "dl"
     dest.mkdir()
