@@ -198,6 +198,9 @@ class Download:
             announced_at = time.monotonic()
         self._connect_peers(self.info.get("peers", []))
         refreshed_at = time.monotonic()
+        poller = zmq.Poller()
+        poller.register(checker.fileno(), zmq.POLLIN)
+        polled: list[zmq.Socket[Any]] = []
         while not picker.done:
             if self._stop.is_set():
                 return False
@@ -209,10 +212,13 @@ class Download:
             self._check_timeouts(picker, now)
             self._fill_pipelines(picker)
             self._update_waiting(picker)
-            poller = zmq.Poller()
-            poller.register(checker.fileno(), zmq.POLLIN)
-            for link in self._links.values():
-                poller.register(link.sock, zmq.POLLIN)
+            socks = [link.sock for link in self._links.values()]
+            if socks != polled:  # links come and go rarely: keep the poller between rounds
+                for sock in polled:
+                    poller.unregister(sock)
+                for sock in socks:
+                    poller.register(sock, zmq.POLLIN)
+                polled = socks
             ready = dict(poller.poll(100))
             if checker.fileno() in ready:
                 for checked in checker.done():

@@ -28,9 +28,10 @@ log = logging.getLogger(__name__)
 
 TICKET_CACHE_SECONDS = 5.0  # how long a user who left the group can still open files
 MAX_DOWNLOADERS = 1024  # remembered downloader connections (LRU)
-# Pieces announced within this long reach each downloader in one Have message:
-# unnoticeable delay, and a busy swarm is not a flood of one-piece messages.
-NEWS_DELAY = 0.01
+# Pieces announced within this long reach each downloader in one Have message.
+# A fast download verifies hundreds of pieces a second; telling its peers every
+# 10 ms instead cost each of four downloaders ~0.1 s of CPU per GiB, for nothing.
+NEWS_DELAY = 0.1
 # Pieces kept after serving them (8 MiB): downloaders of one file tend to ask
 # for the same pieces at about the same time.
 RECENT_PIECES = 16
