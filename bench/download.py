@@ -1,11 +1,13 @@
 """Download throughput: real tracker and clients on 127.0.0.1, against a raw baseline.
 
-    python -m bench.download [--size-mb 1024] [--downloaders 4]
+    python -m bench.download [--size-mb 1024] [--downloaders 4] [--rounds 3]
 
 Prints, for one seeder -> one downloader and one seeder -> N downloaders at once:
-MB/s, the ratio to the baseline measured in the same run (the same bytes sent raw
+MB/s, the ratio to the baseline measured in the same round (the same bytes sent raw
 over pyzmq DEALER -> ROUTER with SHA1 computed on the receiving side), and each
-downloader's peak RSS.
+downloader's peak RSS.  Each round measures all three back to back; the last lines
+give the median ratio over the rounds, since one round on a shared machine can be
+off by 15% either way.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -147,29 +150,42 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=1024, help="file size in MiB")
     parser.add_argument("--downloaders", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     size = args.size_mb * 1024 * 1024
+    n = args.downloaders
     free_port()  # the harness's port allocator is ready
+    one_ratios: list[float] = []
+    many_ratios: list[float] = []
+    peaks: list[float] = []
     with tempfile.TemporaryDirectory(prefix="p2p-bench-") as tmp:
         root = Path(tmp)
         source = root / "payload.bin"
         make_file(source, size)
-        written = time.time()
-        base = baseline(source, size)
         # Like a file people share, the payload must be older than the filesystem's
         # timestamp granularity, or the seeder (rightly) checks every piece it sends.
-        time.sleep(max(0.0, written + MTIME_MARGIN_NS / 1e9 + 0.1 - time.time()))
-        print(f"baseline raw DEALER->ROUTER + sha1: {base:8.1f} MB/s")
-        t1, rss1 = run_swarm(root, source, size, 1)
-        mbps1 = size / t1 / 1e6
-        print(f"1 seeder -> 1 downloader:        {mbps1:8.1f} MB/s  "
-              f"ratio {mbps1 / base:.2f} of baseline  peak RSS {rss1[0]:.0f} MB  "
-              f"({args.size_mb} MiB in {t1:.2f} s)")
-        tn, rssn = run_swarm(root, source, size, args.downloaders)
-        mbpsn = args.downloaders * size / tn / 1e6
-        print(f"1 seeder -> {args.downloaders} downloaders:       {mbpsn:8.1f} MB/s aggregate  "
-              f"ratio {mbpsn / mbps1:.2f} of one-to-one  peak RSS max {max(rssn):.0f} MB  "
-              f"(all done in {tn:.2f} s)")
+        time.sleep(MTIME_MARGIN_NS / 1e9 + 0.1)
+        for r in range(1, args.rounds + 1):
+            base = baseline(source, size)
+            print(f"round {r}: baseline raw DEALER->ROUTER + sha1: {base:8.1f} MB/s")
+            t1, rss1 = run_swarm(root, source, size, 1)
+            mbps1 = size / t1 / 1e6
+            one_ratios.append(mbps1 / base)
+            print(f"round {r}: 1 seeder -> 1 downloader:        {mbps1:8.1f} MB/s  "
+                  f"ratio {mbps1 / base:.2f} of baseline  peak RSS {rss1[0]:.0f} MB  "
+                  f"({args.size_mb} MiB in {t1:.2f} s)")
+            tn, rssn = run_swarm(root, source, size, n)
+            mbpsn = n * size / tn / 1e6
+            many_ratios.append(mbpsn / mbps1)
+            peaks += [*rss1, *rssn]
+            print(f"round {r}: 1 seeder -> {n} downloaders:       {mbpsn:8.1f} MB/s aggregate  "
+                  f"ratio {mbpsn / mbps1:.2f} of one-to-one  peak RSS max {max(rssn):.0f} MB  "
+                  f"(all done in {tn:.2f} s)")
+    print(f"median of {args.rounds} rounds: 1 -> 1 {statistics.median(one_ratios):.2f} of baseline "
+          f"({' / '.join(f'{x:.2f}' for x in one_ratios)}); 1 -> {n} "
+          f"{statistics.median(many_ratios):.2f} of one-to-one "
+          f"({' / '.join(f'{x:.2f}' for x in many_ratios)}); "
+          f"downloader peak RSS max {max(peaks):.0f} MB")
 
 
 if __name__ == "__main__":
