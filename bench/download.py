@@ -63,7 +63,7 @@ def make_file(path: Path, size: int) -> str:
 
 def baseline(path: Path, size: int) -> float:
     """MB/s of the raw transfer: DEALER sender process -> ROUTER here, SHA1 on receipt."""
-    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     sender = subprocess.Popen([sys.executable, "-c", _SENDER, str(path),
                                f"tcp://127.0.0.1:{port}", str(CHUNK)])
