@@ -213,7 +213,7 @@ class Download:
             self._fill_pipelines(picker)
             self._update_waiting(picker)
             socks = [link.sock for link in self._links.values()]
-            if socks != polled:  # links come and go rarely: keep the poller between rounds
+            if socks != polled:  # links come and go rarely: keep the poller between passes
                 for sock in polled:
                     poller.unregister(sock)
                 for sock in socks:
