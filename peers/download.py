@@ -295,11 +295,11 @@ class Download:
                 self._drop(link, picker, "stopped answering", RETRY_PEER_AFTER)
 
     def _fill_pipelines(self, picker: Picker) -> None:
+        if len(self._checking) >= MAX_CHECKING:
+            return  # the checkers are behind: more pieces would only queue in memory
         for link in self._links.values():
             if not link.ready:
                 continue
-            if len(self._checking) >= MAX_CHECKING:
-                return  # the checkers are behind: more pieces would only queue in memory
             while len(link.in_flight) < link.credit():
                 index = picker.pick(link.addr)
                 if index is None:

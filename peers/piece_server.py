@@ -236,10 +236,10 @@ class PieceServer:
         if entry in self._queue:
             self._queue = collections.deque(e for e in self._queue if e != entry)
 
-    def _send(self, ident: bytes, frames: list[Any], copy: bool = True) -> bool:
+    def _send(self, ident: bytes, frames: list[Any]) -> bool:
         """Send to one downloader; if it is gone, forget it and its queued requests."""
         try:
-            self._sock.send_multipart([ident, *frames], copy=copy)
+            self._sock.send_multipart([ident, *frames])
         except zmq.Again:  # not with SNDHWM=0; never let it stop the loop
             log.warning("dropped a reply to a downloader whose queue is full")
             return False
@@ -275,8 +275,8 @@ class PieceServer:
                 self._refuse(ident, key[1], "bad_piece", f"piece {index} is not available here",
                              index)
                 continue
-            # A plain copy of 512 KiB costs less than zero-copy's per-frame bookkeeping.
-            if self._send(ident, [msg.piece_frames(key[1], index), data], copy=True):
+            # Copied into the message: zero-copy sends of 512 KiB measured no cheaper.
+            if self._send(ident, [msg.piece_frames(key[1], index), data]):
                 self.registry.served[key] += 1
         return 100
 

@@ -112,7 +112,7 @@ class WholeFileHasher:
     BACKLOG = 32  # pieces present but not hashed beyond which writers wait for the hasher
 
     def __init__(self, read: Callable[[int], memoryview], size: int, have: Bitfield) -> None:
-        self._read, self._size, self._have = read, size, have
+        self._read, self._have = read, have
         self._sha1 = hashlib.sha1()
         self._next = 0
         self.read_back = 0  # pieces read from the file because they were no longer held
