@@ -120,7 +120,9 @@ def _human(name: str, args: list[str], result: Any) -> str:
     if name == "download_file":
         return f"downloading {args[1]} to {result['path']} (show_downloads for progress)"
     if name in ("show_downloads", "wait"):
-        return "\n".join(_download_line(d) for d in result) if result else "no downloads"
+        if result:
+            return "\n".join(_download_line(d) for d in result)
+        return "no downloads" if name == "show_downloads" else "no downloads running"
     if name == "list_shares":
         if not result:
             return "not sharing anything"

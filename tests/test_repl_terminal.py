@@ -172,6 +172,8 @@ def test_prompt_table_errors_and_ctrl_d(one_tracker: Cluster, terminal: Terminal
     assert terminal.command("list_groups") == ["no groups yet"]
     assert terminal.command("create_group g1") == ["group g1 created; you are its owner"]
     assert terminal.command("") == []  # an empty line just prompts again
+    assert terminal.command("show_downloads") == ["no downloads"]
+    assert terminal.command("wait") == ["no downloads running"]
 
     other = c.client("bob")
     other.ok("create_user bob_the_long_named pw")
