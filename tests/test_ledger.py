@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import fields
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -234,7 +235,8 @@ def _random_data(draw: hst.DrawFn, etype: str) -> dict[str, object]:
     return {"group": group, "user": user}
 
 
-_PRELUDE = [  # users in groups with sessions, so that most random events take effect
+# Users in groups with sessions, so that most random events take effect.
+_PRELUDE: list[tuple[str, dict[str, Any]]] = [
     ("create_user", {"user": "u0", "pw": b"p"}), ("create_user", {"user": "u1", "pw": b"p"}),
     ("create_user", {"user": "u2", "pw": b"p"}),
     ("login", {"user": "u0", "sid": "s0", "cid": "c", "addr": "h:1"}),

@@ -37,6 +37,7 @@ def test_random_start_varies_with_seed_and_stays_within_peer() -> None:
         picks = [p.pick("a") for _ in range(4)]
         assert all(i in peer_pieces for i in picks)
         assert len(set(picks)) == 4
+        assert picks[0] is not None
         firsts.add(picks[0])
     # Random order, not rarest first or lowest index first.
     assert len(firsts) > 5

@@ -411,8 +411,8 @@ def test_download_in_progress_survives_a_tracker_dying(two_trackers: Cluster,
 
     def announced_more() -> bool:
         bob_2 = bob_on_tracker_2()
-        have = bob_2 and bob_2["have"]
-        return bool(have) and had < Bitfield.from_bytes(count, have).count() < count
+        have = bob_2["have"] if bob_2 else None
+        return have is not None and had < Bitfield.from_bytes(count, have).count() < count
 
     wait_for(announced_more, 10, "tracker 2 to learn of pieces bob verified after the kill")
     assert entry(bob, "g", "f.bin")["state"] == "downloading"
@@ -422,7 +422,8 @@ def test_download_in_progress_survives_a_tracker_dying(two_trackers: Cluster,
     wait_for(lambda: (p := bob_on_tracker_2()) is not None and p["have"] is None, 10,
              "tracker 2 to list bob with the whole file")
     assert seeders(carol, "g", "f.bin") == 2  # carol's client, failed over to tracker 2
-    assert c.tracker(1).proc is not None and c.tracker(1).proc.poll() is not None
+    killed = c.tracker(1).proc
+    assert killed is not None and killed.poll() is not None
 
 
 def test_converged_helper_notices_difference(two_trackers: Cluster) -> None:

@@ -359,6 +359,14 @@ def _hasher_with_backlog(monkeypatch: pytest.MonkeyPatch, gate: threading.Event,
     return hasher, have
 
 
+def _writer(hasher: WholeFileHasher, released: threading.Event) -> threading.Thread:
+    """A writer that waits for room in ``hasher``, then sets ``released``."""
+    def run() -> None:
+        hasher.wait_for_room()
+        released.set()
+    return threading.Thread(target=run)
+
+
 @pytest.mark.parametrize("keep", [64, 2])
 def test_writers_wait_for_a_busy_hasher_until_it_catches_up(
         monkeypatch: pytest.MonkeyPatch, keep: int) -> None:
@@ -368,7 +376,7 @@ def test_writers_wait_for_a_busy_hasher_until_it_catches_up(
     gate = threading.Event()
     hasher, _have = _hasher_with_backlog(monkeypatch, gate, first_present=True)
     released = threading.Event()
-    writer = threading.Thread(target=lambda: (hasher.wait_for_room(), released.set()))
+    writer = _writer(hasher, released)
     writer.start()
     try:
         assert len(hasher._held) <= keep
@@ -388,7 +396,7 @@ def test_writers_never_wait_for_a_hasher_that_waits_for_a_piece(
     hasher, _have = _hasher_with_backlog(monkeypatch, gate, first_present=False)
     try:
         done = threading.Event()
-        writer = threading.Thread(target=lambda: (hasher.wait_for_room(), done.set()))
+        writer = _writer(hasher, done)
         writer.start()
         # Piece 0 is what the hasher needs: holding up the writer (who may be about
         # to store it) would deadlock.
@@ -402,7 +410,7 @@ def test_stopping_the_hasher_releases_waiting_writers(monkeypatch: pytest.Monkey
     gate = threading.Event()
     hasher, _have = _hasher_with_backlog(monkeypatch, gate, first_present=True)
     released = threading.Event()
-    writer = threading.Thread(target=lambda: (hasher.wait_for_room(), released.set()))
+    writer = _writer(hasher, released)
     writer.start()
     assert not released.wait(0.2)
     stopper = threading.Thread(target=hasher.stop)
