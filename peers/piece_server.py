@@ -21,7 +21,7 @@ import zmq
 
 from p2p.errors import LocalError
 from p2p.messages import piece as msg
-from p2p.pieces import PIECE_SIZE
+from p2p.pieces import piece_range
 from peers.shares import Key, ShareRegistry, Source
 
 log = logging.getLogger(__name__)
@@ -261,8 +261,9 @@ class PieceServer:
                 self._queue.popleft()
                 self._refuse(ident, key[1], "not_shared", f"{key[1]} is no longer shared", index)
                 continue
-            if self._bucket is not None:
-                delay = self._bucket.delay(min(source.size, PIECE_SIZE))
+            if self._bucket is not None:  # charged what it sends: the last piece may be short
+                length = piece_range(index, source.size)[1] if source.has(index) else 0
+                delay = self._bucket.delay(length)
                 if delay > 0:
                     return max(1, int(delay * 1000))
             self._queue.popleft()

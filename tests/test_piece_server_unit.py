@@ -18,7 +18,7 @@ import zmq
 
 from p2p import codec
 from p2p.messages import piece as msg
-from p2p.pieces import PIECE_SIZE, Bitfield, piece_sha1
+from p2p.pieces import PIECE_SIZE, Bitfield, piece_count, piece_sha1
 from peers import piece_server
 from peers.piece_server import PieceServer
 from peers.shares import ShareRegistry, Source
@@ -32,10 +32,12 @@ COUNT = 6
 
 
 class Served:
-    """A PieceServer sharing one file of COUNT pieces at one piece a second."""
+    """A PieceServer sharing one file of COUNT pieces (and a short one of ``tail``
+    bytes) at one piece a second."""
 
-    def __init__(self, tmp_path: Path, limit: float | None = PIECE_SIZE) -> None:
-        self.data = bytes(range(256)) * (COUNT * PIECE_SIZE // 256)
+    def __init__(self, tmp_path: Path, limit: float | None = PIECE_SIZE, tail: int = 0) -> None:
+        self.data = bytes(range(256)) * (COUNT * PIECE_SIZE // 256) + bytes(tail)
+        self.count = piece_count(len(self.data))
         path = tmp_path / "f.bin"
         path.write_bytes(self.data)
         hashes = b"".join(piece_sha1(self.data[i:i + PIECE_SIZE])
@@ -57,7 +59,7 @@ class Served:
         self.sockets.append(sock)
         have = hello(sock, self.sha1)
         assert isinstance(have, msg.Have) and have.bits is not None, have
-        assert Bitfield.from_bytes(COUNT, have.bits).complete
+        assert Bitfield.from_bytes(self.count, have.bits).complete
         return sock
 
     @property
@@ -118,6 +120,19 @@ def test_cancelled_requests_are_not_served(served: Served) -> None:
     assert piece_index(b, 3) == 2
     assert piece_index(a, 1.5) is None
     assert served.served == 3
+
+
+def test_a_short_last_piece_is_charged_only_its_bytes(tmp_path: Path) -> None:
+    s = Served(tmp_path, tail=1)
+    s.server.start()
+    try:
+        a = s.downloader()
+        send(a, msg.Get(*KEY, 0))
+        assert piece_index(a, 3) == 0  # the one-second burst, all used
+        send(a, msg.Get(*KEY, COUNT))  # one byte: a whole piece would wait a second
+        assert piece_index(a, 0.5) == COUNT
+    finally:
+        s.close()
 
 
 def test_requests_of_a_downloader_that_went_away_are_dropped(served: Served) -> None:
