@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
 import mmap
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +21,7 @@ from typing import Any, Self
 
 from p2p.pieces import DIGEST_SIZE, PIECE_SIZE, Bitfield, piece_count, piece_range
 
-__all__ = ["IntegrityError", "PartialDownload"]
+__all__ = ["DestinationTaken", "IntegrityError", "PartialDownload"]
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,15 @@ DIRECT_ALIGN = 4096
 _local = threading.local()  # each thread's page-aligned piece buffer for direct I/O
 
 
+NAME_MAX = 255  # bytes in one path component on the filesystems we run on
+
+
 class IntegrityError(Exception):
     """The assembled file does not match the expected whole-file SHA1."""
+
+
+class DestinationTaken(ValueError):
+    """The destination, or the partial file beside it, is not ours to write."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -62,6 +71,11 @@ def _unlink(path: Path) -> None:
         path.unlink()
 
 
+def _remove_record(resume_path: Path) -> None:
+    _unlink(resume_path)
+    _unlink(resume_path.with_name(resume_path.name + ".tmp"))
+
+
 def _pread_exact(fd: int, buf: memoryview, offset: int) -> None:
     """Fill ``buf`` from ``fd`` at ``offset``; OSError if the file is too short."""
     done = 0
@@ -80,16 +94,52 @@ def _aligned_buffer() -> memoryview:
     return buf
 
 
-def _open_direct(path: Path) -> int | None:
-    """An O_DIRECT descriptor of ``path``, or None where unsupported."""
+def _open_direct(path: Path, fd: int) -> int | None:
+    """An O_DIRECT descriptor of the file ``fd`` has open at ``path``, or None where
+    unsupported (or if ``path`` now names another file)."""
     flag = getattr(os, "O_DIRECT", 0)
     if not flag:
         return None
     try:
-        return os.open(path, os.O_RDWR | flag)
+        direct = os.open(path, os.O_RDWR | os.O_NOFOLLOW | flag)
     except OSError as exc:
         log.info("no direct writes to %s (%s): using the page cache", path, exc)
         return None
+    if not _same_file(os.fstat(direct), os.fstat(fd)):
+        os.close(direct)
+        return None
+    return direct
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _open_part(path: Path) -> int:
+    """Open (creating) the partial file at ``path`` and lock it for this download.
+
+    DestinationTaken if ``path`` is a symbolic link or not a regular file (writing
+    through it could change a file outside the destination), or if another
+    download, in this process or another, has it locked.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DestinationTaken(f"{path} is a symbolic link; not writing through it") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DestinationTaken(f"{path} is not a regular file; not writing to it")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DestinationTaken(f"another download is writing {path}") from None
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -226,7 +276,7 @@ class PartialDownload:
         self.piece_hashes = tuple(piece_hashes)
         self.have = have
         self._fd: int | None = fd
-        self._direct_fd = _open_direct(self.part_path) if size else None
+        self._direct_fd = _open_direct(self.part_path, fd) if size else None
         self._opened_direct = self._direct_fd  # kept for closing if writes fall back
         self._closing = threading.Lock()  # held by readers from other threads, and by close
         if self._direct_fd is not None and hasattr(os, "posix_fadvise"):
@@ -241,7 +291,10 @@ class PartialDownload:
     @staticmethod
     def part_path_for(final_path: Path) -> Path:
         """The hidden partial file beside the destination."""
-        return final_path.with_name("." + final_path.name + ".part")
+        name = "." + final_path.name + ".part"
+        if len(os.fsencode(name)) > NAME_MAX:  # a legal file name can be too long for this
+            name = "." + hashlib.sha1(os.fsencode(final_path.name)).hexdigest() + ".part"
+        return final_path.with_name(name)
 
     @classmethod
     def open(
@@ -272,25 +325,16 @@ class PartialDownload:
 
         part_path = cls.part_path_for(final_path)
         have = cls._load_resume(resume_path, size, sha1, n)
-        fd: int | None = None
-        if have is not None:
-            try:
-                fd = os.open(part_path, os.O_RDWR)
-                if os.fstat(fd).st_size != size:
-                    os.close(fd)
-                    fd = None
-            except FileNotFoundError:
-                fd = None
-        if fd is None:
+        fd = _open_part(part_path)
+        if have is None or os.fstat(fd).st_size != size:
             have = Bitfield(n)
-            fd = os.open(part_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
             try:
+                os.ftruncate(fd, 0)  # nothing in it counts: start afresh
                 cls._preallocate(fd, size)
             except BaseException:
                 os.close(fd)
                 _unlink(part_path)
                 raise
-        assert have is not None
         self = cls(final_path, size, sha1, piece_hashes, resume_path, fd, have)
         try:
             if have.count():
@@ -541,14 +585,49 @@ class PartialDownload:
                 f"{self.final_path.name}: SHA1 {actual} does not match expected {self.sha1}"
             )
         os.fsync(fd)
-        os.replace(self.part_path, self.final_path)
+        self._put_in_place(fd)
         _fsync_dir(self.final_path.parent)
         self._finished = True
         self._remove_resume()
 
+    def _put_in_place(self, fd: int) -> None:
+        """Give the partial file its real name, never replacing a file that appeared
+        there meanwhile (DestinationTaken, the partial file left as it was)."""
+        taken = DestinationTaken(f"{self.final_path} was created by someone else during "
+                                 "the download; it was left as it is")
+        try:  # a hard link fails if the name is taken, where a rename would replace it
+            os.link(self.part_path, self.final_path, follow_symlinks=False)
+        except FileExistsError:
+            raise taken from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            # No hard links on this filesystem: check, then rename (a small race).
+            if os.path.lexists(self.final_path):
+                raise taken from None
+            os.rename(self.part_path, self.final_path)
+            return
+        if not _same_file(os.stat(self.final_path, follow_symlinks=False), os.fstat(fd)):
+            # The partial file's name was taken over by another file: not ours to publish.
+            _unlink(self.final_path)
+            raise DestinationTaken(f"{self.part_path} was replaced during the download")
+        _unlink(self.part_path)
+
     def _remove_resume(self) -> None:
-        _unlink(self.resume_path)
-        _unlink(self.resume_path.with_name(self.resume_path.name + ".tmp"))
+        _remove_record(self.resume_path)
+
+    @classmethod
+    def abandon(cls, final_path: Path, resume_path: Path) -> None:
+        """Delete what an unfinished download left behind: its resume record, and its
+        partial file unless another download is writing that now."""
+        part_path = cls.part_path_for(final_path)
+        with contextlib.suppress(DestinationTaken):
+            fd = _open_part(part_path)  # locked: nobody else is writing it
+            try:
+                _unlink(part_path)
+            finally:
+                os.close(fd)
+        _remove_record(resume_path)
 
     def discard(self) -> None:
         """Delete the partial file and resume record, leaving nothing behind."""

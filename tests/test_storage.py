@@ -14,7 +14,7 @@ import pytest
 
 from p2p.pieces import PIECE_SIZE, Bitfield, piece_count, piece_range
 from peers import storage
-from peers.storage import IntegrityError, PartialDownload, WholeFileHasher
+from peers.storage import DestinationTaken, IntegrityError, PartialDownload, WholeFileHasher
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -196,6 +196,73 @@ def test_discard_leaves_no_files(tmp_path: Path, src: Source) -> None:
         dl.write_piece(0, src.piece(0))
 
 
+def write_all(dl: PartialDownload, src: Source) -> None:
+    for i in range(piece_count(src.size)):
+        assert dl.write_piece(i, src.piece(i))
+
+
+def test_a_symlink_at_the_partial_files_name_is_never_written_through(
+        tmp_path: Path, src: Source) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    (tmp_path / ".out.bin.part").symlink_to(outside)
+    with pytest.raises(DestinationTaken, match="symbolic link"):
+        open_dl(tmp_path, src)
+    assert outside.read_bytes() == b"precious"
+    assert listing(tmp_path) == {"outside.txt", ".out.bin.part"}
+
+
+def test_a_second_download_to_the_same_file_is_refused_and_harms_nothing(
+        tmp_path: Path, src: Source) -> None:
+    first = open_dl(tmp_path, src)
+    assert first.write_piece(0, src.piece(0))
+    first.flush()
+    with pytest.raises(DestinationTaken, match="another download"):
+        open_dl(tmp_path, src)  # the same file: in another process it is just as locked
+    for i in (1, 2):
+        assert first.write_piece(i, src.piece(i))
+    first.finish()
+    assert (tmp_path / "out.bin").read_bytes() == src.data
+    first.close()
+
+
+def test_a_file_that_appears_at_the_destination_is_never_replaced(
+        tmp_path: Path, src: Source) -> None:
+    dl = open_dl(tmp_path, src)
+    write_all(dl, src)
+    dl.final_path.write_bytes(b"the user's own")
+    with pytest.raises(DestinationTaken, match="left as it is"):
+        dl.finish()
+    dl.discard()
+    assert dl.final_path.read_bytes() == b"the user's own"
+    assert listing(tmp_path) == {"out.bin"}
+
+
+def test_a_name_too_long_for_a_partial_name_still_downloads(tmp_path: Path) -> None:
+    src = Source(1000)
+    final = tmp_path / ("n" * 251 + ".bin")  # 255 bytes: legal, but ".{name}.part" is not
+    dl = PartialDownload.open(final, src.size, src.sha1, src.hashes, tmp_path / "r.json")
+    assert len(dl.part_path.name) <= 255 and dl.part_path.parent == tmp_path
+    write_all(dl, src)
+    dl.finish()
+    dl.close()
+    assert final.read_bytes() == src.data
+    assert listing(tmp_path) == {final.name}
+
+
+def test_abandon_removes_the_partial_file_and_record_unless_in_use(
+        tmp_path: Path, src: Source) -> None:
+    dl = open_dl(tmp_path, src)
+    assert dl.write_piece(0, src.piece(0))
+    PartialDownload.abandon(dl.final_path, dl.resume_path)  # still being written: kept
+    assert dl.part_path.exists()
+    dl.close()
+    dl2 = open_dl(tmp_path, src)
+    dl2.close()
+    PartialDownload.abandon(dl2.final_path, dl2.resume_path)
+    assert listing(tmp_path) == set()
+
+
 def test_empty_file(tmp_path: Path) -> None:
     src = Source(0)
     dl = open_dl(tmp_path, src)
@@ -295,8 +362,8 @@ def io_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         direct_fds: set[int] = set()
         real_open, real_pwrite, real_preadv = storage._open_direct, os.pwrite, os.preadv
 
-        def open_direct(path: Path) -> int | None:
-            fd = real_open(path)
+        def open_direct(path: Path, buffered: int) -> int | None:
+            fd = real_open(path, buffered)
             if fd is None:
                 fd = os.open(path, os.O_RDWR)  # a filesystem without it: pretend
             direct_fds.add(fd)
