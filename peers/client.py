@@ -6,6 +6,7 @@ presenting them is the REPL's job.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -99,7 +100,12 @@ class Client:
             if saved.user != user:
                 continue
             label = f"{saved.group}/{saved.name}"
-            if not saved.unchanged():
+            try:
+                unchanged = saved.unchanged()
+            except (TypeError, ValueError) as exc:  # a garbled record: share nothing from it
+                unchanged = False
+                log.warning("ignoring the saved share %s: %s", label, exc)
+            if not unchanged:
                 self.registry.forget(user, saved.group, saved.name)
                 dropped.append(label)
                 self.notify("share_dropped", {"group": saved.group, "file": saved.name,
@@ -111,7 +117,7 @@ class Client:
                                      bytes.fromhex(saved.pieces), Path(saved.path),
                                      trusted_mtime(saved.mtime_ns, saved.hashed_at_ns))
                 reshared.append(label)
-            except ProtocolError as exc:
+            except (ProtocolError, ValueError, TypeError) as exc:  # also a garbled record
                 dropped.append(label)
                 self.notify("share_dropped", {"group": saved.group, "file": saved.name,
                                               "message": f"not sharing {label}: {exc}"})
@@ -148,6 +154,9 @@ class Client:
 
     def leave_group(self, group: str) -> None:
         self.group_call("leave_group", group)
+        for download in self.downloads.all():
+            if download.group == group:
+                download.sharing = False
         for source in self.registry.listing():
             if source.key[0] == group:
                 self.registry.remove(source.key)
@@ -171,9 +180,15 @@ class Client:
         pieces = b"".join(digest.piece_hashes)
         self._announce_share(group, name, digest.size, digest.sha1, pieces, path,
                              trusted_mtime(before.st_mtime_ns, hashed_at))
-        self.registry.remember(SavedShare(user, group, name, str(path), digest.size,
-                                          digest.sha1, pieces.hex(), before.st_mtime_ns,
-                                          hashed_at))
+        try:
+            self.registry.remember(SavedShare(user, group, name, str(path), digest.size,
+                                              digest.sha1, pieces.hex(), before.st_mtime_ns,
+                                              hashed_at))
+        except OSError as exc:  # not shared if it cannot be shared again at the next login
+            self.registry.remove((group, name))
+            with contextlib.suppress(ProtocolError):
+                self.tracker.call("unshare", {"group": group, "name": name})
+            raise LocalError(f"cannot save the list of shared files: {exc}", "io_error") from None
         return {"name": name, "size": digest.size, "sha1": digest.sha1,
                 "pieces": len(digest.piece_hashes)}
 
@@ -189,9 +204,19 @@ class Client:
         return result
 
     def stop_share(self, group: str, name: str) -> None:
+        """Stop sharing a file, also one still being downloaded (and once it completes)."""
         user = self.require_login()
         check_file_name(name)
-        self.tracker.call("unshare", {"group": group, "name": name})
+        running = [d for d in self.downloads.find(group, name) if d.running and d.sharing]
+        for download in running:  # first, so that it announces nothing more
+            download.sharing = False
+        try:
+            self.tracker.call("unshare", {"group": group, "name": name})
+        except ProtocolError as exc:
+            if not (running and exc.code == "not_shared"):  # no piece yet: nothing listed
+                for download in running:
+                    download.sharing = True
+                raise
         self.registry.remove((group, name))
         self.registry.forget(user, group, name)
 
@@ -255,6 +280,16 @@ class Client:
                                                        f"{download.error}"})
             return
         path = download.final_path
+        if not download.sharing:  # stop_share while it ran
+            self.registry.remove(download.key)
+        else:
+            self._share_downloaded(download)
+        self.notify("download_complete", {"group": download.group, "file": download.name,
+                                          "path": str(path),
+                                          "message": f"{download.name} downloaded to {path}"})
+
+    def _share_downloaded(self, download: Download) -> None:
+        path = download.final_path
         # Part of the whole-file hash came from bytes in memory while the file was
         # being written, so its mtime never vouches for it: serve with piece checks.
         self.registry.put(Source(download.key, download.size, download.pieces, path,
@@ -268,9 +303,6 @@ class Client:
                                            "have": None})
             except ProtocolError as exc:
                 log.info("could not announce completion of %s: %s", download.name, exc)
-        self.notify("download_complete", {"group": download.group, "file": download.name,
-                                          "path": str(path),
-                                          "message": f"{download.name} downloaded to {path}"})
 
     def _check_ticket(self, user: str, group: str, ticket: str) -> bool:
         if self.user is None:

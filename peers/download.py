@@ -92,11 +92,13 @@ class Download:
         self.state = "downloading"
         self.error = ""
         self.waiting = ""
+        self.sharing = True  # pieces are passed on as they arrive (until stop_share)
         self.sources: dict[str, int] = {}  # peer address -> pieces taken from it
         self._context = context or zmq.Context.instance()
         self._stop = threading.Event()
         self._done = threading.Event()
         self._have = 0
+        self._shared = False  # the client serves our pieces and the tracker lists us
         self._links: dict[str, PeerLink] = {}
         self._settled = False  # the first hellos have been answered or timed out
         self._retry_at: dict[str, float] = {}
@@ -193,8 +195,9 @@ class Download:
         source = Source(self.key, self.size, self.pieces, partial.part_path, partial)
         announced_at = 0.0
         announced = partial.have.count()  # pieces the tracker was last told about
-        if announced:
+        if announced and self.sharing:
             self.host.share_partial(source)
+            self._shared = True
             announced_at = time.monotonic()
         self._connect_peers(self.info.get("peers", []))
         refreshed_at = time.monotonic()
@@ -228,7 +231,7 @@ class Download:
                     self._drain(link, picker, partial, checker)
             if self._have != announced and now - announced_at > ANNOUNCE_EVERY:
                 # Only news: each announcement is an event in every tracker's log.
-                if self._announce(partial.have):
+                if self.sharing and self._announce(partial.have):
                     announced = self._have
                 partial.save_pending()  # verified pieces survive a crash even if none follow
                 announced_at = now
@@ -423,7 +426,10 @@ class Download:
         for other in picker.received(addr, index):
             self._cancel(self._links.get(other), index)
         self._have += 1
-        if self._have == 1:
+        if not self.sharing:
+            return
+        if not self._shared:
+            self._shared = True
             self.host.share_partial(source)
         self.host.announce_piece(self.key, index)
 
@@ -439,6 +445,6 @@ class Download:
     def _rate(self) -> float:
         now = time.monotonic()
         window = [(t, n) for t, n in list(self._rate_window) if now - t < 3.0]
-        if not window or self.state != "downloading":
+        if not window or self.state != "downloading" or not self.running:
             return 0.0
         return sum(n for _, n in window) / max(now - window[0][0], 0.5)

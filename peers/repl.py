@@ -59,7 +59,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
     Command("join_group", ("group_id",), "ask the owner of a group to let you in",
             _group("join_group")),
     Command("leave_group", ("group_id",), "leave a group (an owner hands it on)",
-            _group("leave_group")),
+            lambda c, a: c.leave_group(a[0])),
     Command("list_requests", ("group_id",), "pending join requests (owner only)",
             _group("list_requests")),
     Command("accept_request", ("group_id", "user_id"), "let a requester into your group",

@@ -166,7 +166,7 @@ class ShareRegistry:
             return [SavedShare(**entry) for entry in raw["shares"]]
         except FileNotFoundError:
             return []
-        except (ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable %s: %s", self._path, exc)
             return []
 

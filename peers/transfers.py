@@ -6,6 +6,7 @@ next login of the same user resumes them, keeping every piece already verified.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -14,9 +15,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from p2p.errors import LocalError
+from p2p.errors import LocalError, ProtocolError
 from p2p.messages.tracker import check_file_name, check_id
 from peers.download import Download, Host
+from peers.storage import PartialDownload
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ def resolve_destination(destination: str, name: str) -> Path:
     """
     check_file_name(name)
     dest = Path(destination).expanduser()
+    if destination.endswith(("/", os.sep)) and not dest.is_dir():  # Path() drops the slash
+        raise LocalError(f"destination directory {dest.absolute()} does not exist", "io_error")
     final = dest / name if dest.is_dir() else dest
     final = final.absolute()
     if not final.parent.is_dir():
@@ -61,23 +65,60 @@ class Downloads:
             if other.running:
                 raise LocalError(f"{name} from {group} is already being downloaded to "
                                  f"{other.final_path}", "io_error")
-        info = self._host.tracker_call("file_info", {"group": group, "name": name})
-        if not info["peers"] and info["size"] > 0:
+        resume = self._resume_path(final)
+        try:
+            info = self._host.tracker_call("file_info", {"group": group, "name": name})
+        except ProtocolError as exc:
+            # A resumed download whose peers are all offline waits for them to return,
+            # as a running one would; it knows the file from when it started.
+            saved = self._saved_file(resume) if resolved and exc.code == "no_such_file" else None
+            if saved is None:
+                raise
+            info = {**saved, "peers": [], "ticket": ""}
+        if not info["peers"] and info["size"] > 0 and not resolved:
             raise LocalError(f"nobody else online shares {name} in {group}", "no_seeders")
-        resume = self._data_dir / "partial" / (
-            hashlib.sha1(str(final).encode()).hexdigest()[:16] + ".json")
         resume.parent.mkdir(parents=True, exist_ok=True)
         download = Download(self._host, group, name, final, resume, info)
         with self._lock:
             self._all = [d for d in self._all if d.final_path != final]
             self._all.append(download)
         self._save_entry(group, name, final)
+        self._save_file(resume, info)
         download.start()
         return download
+
+    def _resume_path(self, final: Path) -> Path:
+        """The resume record of a download to ``final`` (beside it: the file's metadata)."""
+        return self._data_dir / "partial" / (
+            hashlib.sha1(str(final).encode()).hexdigest()[:16] + ".json")
+
+    @staticmethod
+    def _file_path(resume: Path) -> Path:
+        return resume.with_suffix(".file")
+
+    def _save_file(self, resume: Path, info: dict[str, Any]) -> None:
+        path = self._file_path(resume)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"size": info["size"], "sha1": info["sha1"],
+                                   "pieces": bytes(info["pieces"]).hex()}))
+        os.replace(tmp, path)
+
+    def _saved_file(self, resume: Path) -> dict[str, Any] | None:
+        try:
+            saved = json.loads(self._file_path(resume).read_text())
+            return {"size": int(saved["size"]), "sha1": str(saved["sha1"]),
+                    "pieces": bytes.fromhex(saved["pieces"])}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.info("no saved metadata for %s: %s", resume, exc)
+            return None
 
     def snapshot(self) -> list[dict[str, Any]]:
         with self._lock:
             return [d.snapshot() for d in self._all]
+
+    def all(self) -> list[Download]:
+        with self._lock:
+            return list(self._all)
 
     def find(self, group: str, name: str) -> list[Download]:
         with self._lock:
@@ -102,14 +143,14 @@ class Downloads:
         self._drop_entry(download.final_path)
 
     def pause_all(self) -> None:
-        """Stop every running download, keeping its verified pieces for a resume."""
+        """Stop every running download, keeping its verified pieces for the next login of
+        its user, and forget them all: whoever logs in next sees only their own."""
         with self._lock:
             running = [d for d in self._all if d.running]
+            self._all = []
         for download in running:
             download.stop()
-            if download.state == "downloading":
-                download.waiting = "paused: resumes at the next login"
-            elif download.state == "failed":
+            if download.state == "failed":
                 self._drop_entry(download.final_path)
 
     def resume_saved(self, user: str) -> list[str]:
@@ -122,7 +163,8 @@ class Downloads:
             with self._lock:
                 if any(d.final_path == final and d.running for d in self._all):
                     continue
-            if final.exists():
+            if final.exists():  # the user put another file there: nothing to resume
+                PartialDownload.abandon(final, self._resume_path(final))
                 self._drop_entry(final)
                 continue
             try:
@@ -151,6 +193,8 @@ class Downloads:
         self._write(entries)
 
     def _drop_entry(self, final: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._file_path(self._resume_path(final)).unlink()
         entries = self._entries()
         kept = [e for e in entries if e.get("path") != str(final)]
         if len(kept) != len(entries):

@@ -1,0 +1,201 @@
+"""What users do around a running download: another download or file at the same
+destination, stop_share, leave_group, logout and another user, resuming when nobody
+online shares the file, and a data dir that cannot be written.
+
+alice serves at 1 MiB/s, so a download of COUNT pieces runs for a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.files_support import (
+    done,
+    entry,
+    group_of,
+    have_at_least,
+    leftovers,
+    login,
+    make_file,
+    pieces,
+    seeders,
+)
+from tests.procs import ClientProc, Cluster, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+COUNT = 8
+
+
+def slow_share(c: Cluster, tmp_path: Path, users: list[str]
+               ) -> tuple[dict[str, ClientProc], bytes, Path]:
+    """``users`` in group g, alice first (serving f.bin at 1 MiB/s); an empty ``dl`` dir."""
+    cl = group_of(c, users, limits={"alice": 1024})
+    data = make_file(tmp_path / "a" / "f.bin", pieces(COUNT))
+    cl["alice"].ok(f"upload_file {tmp_path / 'a' / 'f.bin'} g")
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    return cl, data, dest
+
+
+def partway(client: ClientProc, share: float = 0.25) -> None:
+    wait_for(lambda: have_at_least(client, "g", "f.bin", COUNT, share), 30,
+             f"{share:.0%} of f.bin")
+
+
+def test_two_clients_downloading_to_one_place_never_make_a_wrong_file(
+        one_tracker: Cluster, tmp_path: Path) -> None:
+    cl, data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob", "carol"])
+    bob, carol = cl["bob"], cl["carol"]
+    bob.ok(f"download_file g f.bin {dest}")
+    partway(bob)
+    carol.ok(f"download_file g f.bin {dest}")  # not there yet: allowed to start...
+    failed = carol.ok("wait g f.bin")[-1]  # ...but it may not touch bob's partial file
+    assert failed["state"] == "failed" and "another download is writing" in failed["error"]
+    done(bob, "g", "f.bin")
+    assert (dest / "f.bin").read_bytes() == data
+    assert leftovers(dest) == []
+
+
+def test_a_symlink_at_the_partial_name_is_not_followed(one_tracker: Cluster,
+                                                       tmp_path: Path) -> None:
+    cl, _data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    (dest / ".f.bin.part").symlink_to(outside)
+    cl["bob"].ok(f"download_file g f.bin {dest}")
+    failed = cl["bob"].ok("wait g f.bin")[-1]
+    assert failed["state"] == "failed" and "symbolic link" in failed["error"], failed
+    assert outside.read_bytes() == b"precious"
+    assert not (dest / "f.bin").exists()
+
+
+def test_a_file_put_at_the_destination_meanwhile_is_kept(one_tracker: Cluster,
+                                                         tmp_path: Path) -> None:
+    cl, _data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
+    bob = cl["bob"]
+    bob.ok(f"download_file g f.bin {dest}")
+    partway(bob)
+    (dest / "f.bin").write_bytes(b"the user's own")
+    failed = bob.ok("wait g f.bin")[-1]
+    assert failed["state"] == "failed" and "left as it is" in failed["error"], failed
+    assert (dest / "f.bin").read_bytes() == b"the user's own"
+    assert leftovers(dest) == []
+    assert bob.ok("list_shares") == []  # nothing of it is served
+
+
+def test_a_trailing_slash_means_a_directory(one_tracker: Cluster, tmp_path: Path) -> None:
+    cl, _data, _dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
+    error = cl["bob"].fails(f"download_file g f.bin {tmp_path / 'nodir'}/", "io_error")
+    assert "does not exist" in error
+    assert not (tmp_path / "nodir").exists()
+
+
+def test_stop_share_while_downloading_lasts(one_tracker: Cluster, tmp_path: Path) -> None:
+    cl, data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
+    alice, bob = cl["alice"], cl["bob"]
+    bob.ok(f"download_file g f.bin {dest}")
+    partway(bob)
+    bob.ok("stop_share g f.bin")
+    assert bob.ok("list_shares") == []
+    done(bob, "g", "f.bin")
+    assert (dest / "f.bin").read_bytes() == data
+    assert bob.ok("list_shares") == []
+    assert seeders(alice, "g", "f.bin") == 1
+    bob.ok("logout")
+    assert login(bob, "bob", create=False)["reshared"] == []
+
+
+def test_leave_group_stops_sharing_its_files(one_tracker: Cluster, tmp_path: Path) -> None:
+    cl, _data, _dest = slow_share(one_tracker, tmp_path, ["alice", "bob", "carol"])
+    bob, carol = cl["bob"], cl["carol"]
+    make_file(tmp_path / "b" / "mine.bin", pieces(2), seed=7)
+    bob.ok(f"upload_file {tmp_path / 'b' / 'mine.bin'} g")
+    assert seeders(carol, "g", "mine.bin") == 1
+    bob.ok("leave_group g")
+    assert bob.ok("list_shares") == []
+    assert seeders(carol, "g", "mine.bin") == 0
+    bob.ok("logout")
+    relogged = login(bob, "bob", create=False)
+    assert relogged["reshared"] == [] and relogged["dropped"] == []
+
+
+def test_the_next_user_of_a_client_sees_none_of_the_last_ones_downloads(
+        one_tracker: Cluster, tmp_path: Path) -> None:
+    cl, data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
+    bob = cl["bob"]
+    bob.ok(f"download_file g f.bin {dest}")
+    partway(bob)
+    bob.ok("logout")
+    login(bob, "carol")
+    assert bob.ok("show_downloads") == []
+    bob.fails("wait g f.bin", "no_such_file")
+    bob.ok("logout")
+    assert login(bob, "bob", create=False)["resumed"] == ["f.bin"]
+    done(bob, "g", "f.bin")
+    assert (dest / "f.bin").read_bytes() == data
+
+
+def test_a_download_resumed_while_nobody_shares_the_file_waits_for_them(
+        one_tracker: Cluster, tmp_path: Path) -> None:
+    cl, data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob", "carol"])
+    alice, bob, carol = cl["alice"], cl["bob"], cl["carol"]
+    bob.ok(f"download_file g f.bin {dest}")
+    partway(bob)
+    bob.ok("logout")
+    alice.ok("logout")
+    assert carol.ok("list_files g") == []  # the tracker knows no f.bin now
+    assert login(bob, "bob", create=False)["resumed"] == ["f.bin"]
+    waiting = wait_for(lambda: entry(bob, "g", "f.bin")["waiting"], 20,
+                       "bob's download to say it waits for peers")
+    assert entry(bob, "g", "f.bin")["state"] == "downloading", waiting
+    login(alice, "alice", create=False)  # shares f.bin again
+    done(bob, "g", "f.bin", timeout=60)
+    assert (dest / "f.bin").read_bytes() == data
+    assert leftovers(dest) == []
+
+
+def test_a_resume_whose_destination_was_taken_leaves_nothing_behind(
+        one_tracker: Cluster, tmp_path: Path) -> None:
+    cl, _data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
+    bob = cl["bob"]
+    bob.ok(f"download_file g f.bin {dest}")
+    partway(bob)
+    bob.ok("logout")
+    (dest / "f.bin").write_bytes(b"the user's own")
+    assert login(bob, "bob", create=False)["resumed"] == []
+    assert (dest / "f.bin").read_bytes() == b"the user's own"
+    assert leftovers(dest) == []
+    assert list((bob.data_dir / "partial").iterdir()) == []
+
+
+def test_an_upload_that_cannot_be_recorded_is_not_shared(one_tracker: Cluster,
+                                                         tmp_path: Path) -> None:
+    cl, _data, _dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
+    bob = cl["bob"]
+    (bob.data_dir / "shares.json").mkdir(parents=True)  # the list cannot be written
+    make_file(tmp_path / "b" / "mine.bin", 1000, seed=3)
+    error = bob.fails(f"upload_file {tmp_path / 'b' / 'mine.bin'} g", "io_error")
+    assert "cannot save the list of shared files" in error
+    assert bob.ok("list_shares") == []
+    assert seeders(cl["alice"], "g", "mine.bin") == 0
+
+
+def test_a_garbled_saved_share_is_dropped_at_login(one_tracker: Cluster,
+                                                   tmp_path: Path) -> None:
+    cl, _data, _dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
+    alice = cl["alice"]
+    alice.ok("logout")
+    record = alice.data_dir / "shares.json"
+    saved = json.loads(record.read_text())
+    saved["shares"][0]["pieces"] = "zz"
+    record.write_text(json.dumps(saved))
+    result = login(alice, "alice", create=False)
+    assert result["dropped"] == ["g/f.bin"] and result["reshared"] == []
+    alice.ok("list_groups")  # logged in, and working
+    assert alice.ok("list_shares") == []
+    assert os.path.exists(record)
