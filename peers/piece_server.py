@@ -190,18 +190,20 @@ class PieceServer:
 
     def _hello(self, ident: bytes, hello: msg.Hello) -> None:
         key = (hello.group, hello.name)
-        source = self.registry.get(key)
-        if source is None:
-            self._refuse(ident, hello.name, "not_shared", f"{hello.name} is not shared here")
-            return
-        if hello.sha1 != source.sha1:
-            self._refuse(ident, hello.name, "not_shared",
-                         f"the {hello.name} shared here has another SHA1 ({source.sha1})")
-            return
+        # The ticket first, and one answer to every non-member whatever file it names:
+        # otherwise a stranger could probe which files a group shares here.
         if not self._ticket_ok(hello.user, hello.group, hello.ticket):
             log.warning("refused %s: not a member of %s", hello.user, hello.group)
             self._refuse(ident, hello.name, "not_member",
                          f"{hello.user} may not download from group {hello.group}")
+            return
+        source = self.registry.get(key)
+        if source is None:
+            self._refuse(ident, hello.name, "not_shared", f"{hello.name} is not shared here")
+            return
+        if hello.sha1 != source.sha1:  # the SHA1 shared here stays out of the reply
+            self._refuse(ident, hello.name, "not_shared",
+                         f"the {hello.name} shared here has another SHA1")
             return
         self._opened.setdefault(ident, set()).add(key)
         self._watched.add(key)

@@ -202,3 +202,29 @@ def test_whole_file_mismatch_fails_and_leaves_nothing(one_tracker: Cluster,
         # bob is not left advertised as holding pieces of it.
         assert [f["peers"] for f in bob.ok("list_files g")] == [1]
         alice.close()
+
+
+def test_a_stranger_cannot_probe_a_peer_for_files_or_their_sha1(one_tracker: Cluster,
+                                                                 tmp_path: Path) -> None:
+    cl = group_of(one_tracker, ["alice", "bob"])
+    alice = cl["alice"]
+    make_file(tmp_path / "src" / "f.bin", pieces(1))
+    sha1 = alice.ok(f"upload_file {tmp_path / 'src' / 'f.bin'} g")["sha1"]
+    probe = Probe(alice)
+    answers = set()
+    for name, claimed in [("f.bin", "0" * 40), ("f.bin", sha1), ("nope.bin", "0" * 40)]:
+        reply = probe.hello("g", name, claimed, "eve", "x")
+        _refused(probe, reply, "not_member")
+        assert sha1 not in str(probe.last).lower(), probe.last
+        answers.add((probe.last["code"], probe.last["error"]))
+    assert len(answers) == 1, answers  # the same answer whether the file is shared or not
+    # A member naming the wrong SHA1 is told so, but not which SHA1 is shared here.
+    bob = Session(one_tracker, "bob")
+    g_ticket = bob.ticket("g", "f.bin")
+    _refused(probe, probe.hello("g", "f.bin", "0" * 40, "bob", g_ticket), "not_shared")
+    assert sha1 not in str(probe.last).lower(), probe.last
+    _refused(probe, probe.hello("g", "nope.bin", sha1, "bob", g_ticket), "not_shared")
+    assert probe.silent(0.3)
+    assert served(alice, "g", "f.bin") == 0
+    probe.close()
+    bob.close()

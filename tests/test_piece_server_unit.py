@@ -1,5 +1,6 @@
 """The piece server in-process: cancelled and orphaned requests are not served, Hello must
-name the shared file's SHA1, and a ticket is trusted only for a few seconds.
+name the shared file's SHA1, a ticket is trusted only for a few seconds, and a non-member
+learns nothing about what is shared.
 
 Served at 512 KiB/s (one piece a second after a one-piece burst), so a request the
 server wrongly kept would show up as a piece about a second later.
@@ -255,5 +256,37 @@ def test_announced_pieces_reach_a_downloader_once_each_in_few_messages(tmp_path:
         assert sorted(told) == list(range(count))
         assert messages <= 10  # batched, not one message per piece
         assert reply(sock, 0.3) is None
+    finally:
+        s.close()
+
+
+def test_a_stranger_cannot_tell_what_is_shared_here(tmp_path: Path) -> None:
+    s = Served(tmp_path, limit=None)
+    s.server._check_ticket = lambda user, _group, _ticket: user == "bob"
+    s.server.start()
+    sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{s.port}")
+    s.sockets.append(sock)
+
+    def ask(name: str, sha1: str, user: str) -> msg.Refused:
+        send(sock, msg.Hello("g", name, sha1, user, "x"))
+        refused = reply(sock, 5)
+        assert isinstance(refused, msg.Refused), refused
+        assert s.sha1 not in refused.error.lower(), refused
+        return refused
+
+    try:
+        # The shared file with its SHA1, with another SHA1, and a file not shared here:
+        # a non-member gets one and the same answer for all three.
+        answers = {(r.code, r.error) for r in (ask("f.bin", s.sha1, "eve"),
+                                               ask("f.bin", "0" * 40, "eve"),
+                                               ask("nope.bin", "0" * 40, "eve"))}
+        assert answers == {("not_member", "eve may not download from group g")}, answers
+        # A member is told the file is not here (the downloader drops the peer on that),
+        # but not which SHA1 is.
+        assert ask("f.bin", "0" * 40, "bob").code == "not_shared"
+        assert ask("nope.bin", s.sha1, "bob").code == "not_shared"
+        assert s.served == 0
     finally:
         s.close()
