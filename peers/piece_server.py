@@ -2,9 +2,11 @@
 
 A downloader opens a file with Hello (user + the tracker's ticket for the group,
 and the file's SHA1, which must be the one shared here); the ticket is checked
-with a tracker once and cached briefly.  Only then are its Get requests served,
-in order, as the upload limit allows; a Cancel withdraws one still queued, and a
-downloader found gone (its connection closed) loses all its queued requests.
+with a tracker and cached briefly, and checked again by a Get once the cache has
+expired, so a user who left the group loses an open connection too.  Only then
+are its Get requests served, in order, as the upload limit allows; a Cancel
+withdraws one still queued, and a downloader found gone (its connection closed)
+loses all its queued requests.
 Pieces verified later are pushed to it as Have notices.
 """
 
@@ -26,7 +28,7 @@ from peers.shares import Key, ShareRegistry, Source
 
 log = logging.getLogger(__name__)
 
-TICKET_CACHE_SECONDS = 5.0  # how long a user who left the group can still open files
+TICKET_CACHE_SECONDS = 5.0  # how long a user who left the group can still get pieces
 MAX_DOWNLOADERS = 1024  # remembered downloader connections (LRU)
 # Pieces announced within this long reach each downloader in one Have message.
 # A fast download verifies hundreds of pieces a second; telling its peers every
@@ -37,6 +39,7 @@ NEWS_DELAY = 0.1
 RECENT_PIECES = 16
 
 TicketCheck = Callable[[str, str, str], bool]  # (user, group, ticket) -> valid
+Credentials = tuple[str, str, str]  # (user, group, ticket) a file was opened with
 
 
 class TokenBucket:
@@ -79,10 +82,12 @@ class PieceServer:
         self._news: list[tuple[Key, int]] = []  # announced, not yet told (under _news_lock)
         self._news_lock = threading.Lock()
         self._tell_at: float | None = None
-        self._tickets: dict[tuple[str, str, str], float] = {}
+        self._tickets: dict[Credentials, float] = {}
         self._watched: set[Key] = set()  # files some downloader opened (read by announce)
-        # identity -> files it opened; LRU so a flood of connections stays bounded
-        self._opened: collections.OrderedDict[bytes, set[Key]] = collections.OrderedDict()
+        # identity -> files it opened, with the credentials each Get is checked against;
+        # LRU so a flood of connections stays bounded
+        self._opened: collections.OrderedDict[bytes, dict[Key, Credentials]] = (
+            collections.OrderedDict())
         self._queue: collections.deque[tuple[bytes, Key, int]] = collections.deque()
         self._recent: collections.OrderedDict[tuple[str, str, str, int], bytes] = (
             collections.OrderedDict())
@@ -164,7 +169,7 @@ class PieceServer:
         for key, index in announced:
             news.setdefault(key, []).append(index)
         for ident, opened in list(self._opened.items()):  # _send may forget some
-            for key in opened & news.keys():
+            for key in opened.keys() & news.keys():
                 indices = news[key]
                 for start in range(0, len(indices), msg.MAX_HAVE_INDICES):
                     self._send(ident, msg.have_frame(key[1],
@@ -205,7 +210,7 @@ class PieceServer:
             self._refuse(ident, hello.name, "not_shared",
                          f"the {hello.name} shared here has another SHA1")
             return
-        self._opened.setdefault(ident, set()).add(key)
+        self._opened.setdefault(ident, {})[key] = (hello.user, hello.group, hello.ticket)
         self._watched.add(key)
         self._opened.move_to_end(ident)
         while len(self._opened) > MAX_DOWNLOADERS:
@@ -213,6 +218,7 @@ class PieceServer:
         self._send(ident, msg.bitfield_frame(hello.name, source.have().to_bytes()))
 
     def _ticket_ok(self, user: str, group: str, ticket: str) -> bool:
+        """Whether the ticket is valid; a yes is trusted for TICKET_CACHE_SECONDS."""
         now = time.monotonic()
         key = (user, group, ticket)
         if self._tickets.get(key, 0.0) > now:
@@ -226,9 +232,22 @@ class PieceServer:
 
     def _get(self, ident: bytes, get: msg.Get) -> None:
         key = (get.group, get.name)
-        if key not in self._opened.get(ident, ()):
+        opened = self._opened.get(ident, {})
+        credentials = opened.get(key)
+        if credentials is None:
             self._refuse(ident, get.name, "not_member", "send hello with a valid ticket first",
                          get.index)
+            return
+        # Cached for TICKET_CACHE_SECONDS, so the tracker is asked at most that often;
+        # without it a connection opened by a member would be served after they left.
+        if not self._ticket_ok(*credentials):
+            user, group, _ticket = credentials
+            log.warning("refused %s: no longer a member of %s", user, group)
+            del opened[key]  # so its next Gets are refused without asking the tracker
+            self._queue = collections.deque(e for e in self._queue if e[:2] != (ident, key))
+            # No index: the opening is withdrawn, not one piece (the downloader drops us).
+            self._refuse(ident, get.name, "not_member",
+                         f"{user} may no longer download from group {group}")
             return
         self._queue.append((ident, key, get.index))
 

@@ -228,3 +228,30 @@ def test_a_stranger_cannot_probe_a_peer_for_files_or_their_sha1(one_tracker: Clu
     assert served(alice, "g", "f.bin") == 0
     probe.close()
     bob.close()
+
+
+def test_an_open_connection_is_cut_after_its_user_leaves(one_tracker: Cluster,
+                                                         tmp_path: Path) -> None:
+    cl = group_of(one_tracker, ["alice", "bob"])
+    alice = cl["alice"]
+    make_file(tmp_path / "src" / "f.bin", pieces(1))
+    sha1 = alice.ok(f"upload_file {tmp_path / 'src' / 'f.bin'} g")["sha1"]
+    bob = Session(one_tracker, "bob")
+    probe = Probe(alice)
+    have = probe.hello("g", "f.bin", sha1, "bob", bob.ticket("g", "f.bin"))
+    assert isinstance(have, msg.Have) and have.bits is not None
+    assert isinstance(probe.get("g", "f.bin", 0), msg.Piece)
+    cl["bob"].ok("leave_group g")
+
+    def refused() -> msg.Refused | None:
+        got = probe.get("g", "f.bin", 0)
+        assert isinstance(got, msg.Refused | msg.Piece), got
+        return got if isinstance(got, msg.Refused) else None
+
+    # Served for at most the ticket cache time (5 s) after leaving, then cut.
+    cut = wait_for(refused, 12, "the open connection to be refused", interval=0.2)
+    assert cut.code == "not_member", cut
+    _refused(probe, probe.get("g", "f.bin", 0), "not_member")  # and it stays refused
+    assert probe.silent(0.3)
+    probe.close()
+    bob.close()

@@ -1,6 +1,6 @@
 """The piece server in-process: cancelled and orphaned requests are not served, Hello must
-name the shared file's SHA1, a ticket is trusted only for a few seconds, and a non-member
-learns nothing about what is shared.
+name the shared file's SHA1, a ticket is trusted only for a few seconds (an open connection
+too), and a non-member learns nothing about what is shared.
 
 Served at 512 KiB/s (one piece a second after a one-piece burst), so a request the
 server wrongly kept would show up as a piece about a second later.
@@ -256,6 +256,75 @@ def test_announced_pieces_reach_a_downloader_once_each_in_few_messages(tmp_path:
         assert sorted(told) == list(range(count))
         assert messages <= 10  # batched, not one message per piece
         assert reply(sock, 0.3) is None
+    finally:
+        s.close()
+
+
+def _fake_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The server's clock, moved only by the test: ticket expiry happens when we say."""
+    now = [1000.0]
+    monkeypatch.setattr(piece_server, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    return now
+
+
+def _members(s: Served, member: dict[str, bool]) -> list[str]:
+    """Make ``s`` ask ``member`` about tickets; returns the users it asked about, in order."""
+    checks: list[str] = []
+
+    def check(user: str, _group: str, _ticket: str) -> bool:
+        checks.append(user)
+        return member[user]
+
+    s.server._check_ticket = check
+    return checks
+
+
+def test_an_open_connection_is_cut_once_its_user_left_the_group(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = _fake_clock(monkeypatch)
+    member = {"bob": True}
+    s = Served(tmp_path, limit=None)
+    checks = _members(s, member)
+    s.server.start()
+    try:
+        sock = s.downloader()
+        send(sock, msg.Get(*KEY, 0))
+        assert piece_index(sock, 5) == 0
+        member["bob"] = False  # bob leaves the group
+        now[0] += piece_server.TICKET_CACHE_SECONDS - 1.0
+        send(sock, msg.Get(*KEY, 1))
+        assert piece_index(sock, 5) == 1  # the ticket is still cached
+        assert checks == ["bob"]
+        now[0] += 1.01  # the cached yes has expired: the next Get asks again
+        send(sock, msg.Get(*KEY, 2))
+        refused = reply(sock, 5)
+        assert isinstance(refused, msg.Refused) and refused.code == "not_member", refused
+        assert refused.index is None  # the opening is withdrawn, not one piece
+        assert checks == ["bob", "bob"]
+        send(sock, msg.Get(*KEY, 3))  # forgotten: refused without asking the tracker again
+        refused = reply(sock, 5)
+        assert isinstance(refused, msg.Refused) and refused.code == "not_member", refused
+        assert checks == ["bob", "bob"]
+        assert reply(sock, 0.3) is None
+        assert s.served == 2
+    finally:
+        s.close()
+
+
+def test_an_open_connection_asks_the_tracker_once_per_cache_period(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = _fake_clock(monkeypatch)
+    s = Served(tmp_path, limit=None)
+    checks = _members(s, {"bob": True})
+    s.server.start()
+    try:
+        sock = s.downloader()
+        for period in range(1, 3):
+            now[0] += piece_server.TICKET_CACHE_SECONDS + 0.01
+            for index in range(COUNT):  # many Gets, one check
+                send(sock, msg.Get(*KEY, index))
+            assert [piece_index(sock, 5) for _ in range(COUNT)] == list(range(COUNT))
+            assert checks == ["bob"] * (1 + period)
     finally:
         s.close()
 
