@@ -321,31 +321,54 @@ class Client:
                                  "message": f"{old} is not answering; now using {new}"})
 
     def _ping_loop(self) -> None:
+        """Keep the session alive; no failure may end this thread (the session would
+        expire), so an unexpected one is logged and the next ping tried as usual."""
+        failing = False  # log a bug's traceback once, not every PING_INTERVAL
         while not self._stop.wait(PING_INTERVAL):
             if self.tracker.token is None:
                 continue
             try:
-                self.tracker.call("ping")
-            except ProtocolError as exc:
-                if exc.code == "not_logged_in" and self.user is not None:
-                    user = self.user
-                    self.downloads.pause_all()
-                    self._forget_session()
-                    self.notify("session_ended", {
-                        "user": user,
-                        "message": f"the trackers ended the session of {user}; log in again",
-                    })
-                elif exc.code != "not_logged_in":
-                    log.debug("ping failed: %s", exc)
+                try:
+                    self.tracker.call("ping")
+                except ProtocolError as exc:
+                    if exc.code == "not_logged_in" and self.user is not None:
+                        user = self.user
+                        self.downloads.pause_all()
+                        self._forget_session()
+                        self.notify("session_ended", {
+                            "user": user,
+                            "message": f"the trackers ended the session of {user}; "
+                                       "log in again",
+                        })
+                    elif exc.code != "not_logged_in":
+                        log.debug("ping failed: %s", exc)
+                failing = False
+            except Exception:
+                log.log(logging.DEBUG if failing else logging.ERROR, "ping failed",
+                        exc_info=True)
+                failing = True
 
     def close(self) -> None:
-        """Log out if needed and stop background work."""
+        """Log out if needed and stop background work.
+
+        An error on the way is logged and the rest still runs, so leaving the REPL never
+        crashes; KeyboardInterrupt is not caught: Ctrl-C during ``exit`` is the REPL's.
+        """
         self._stop.set()
         if self.user is not None:
             try:
                 self.logout()
             except ProtocolError as exc:
                 log.warning("logout on exit failed: %s", exc)
-        self.downloads.pause_all()
-        self.server.stop()
-        self.tracker.close()
+            except Exception:
+                log.exception("logout on exit failed")
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("pausing downloads", self.downloads.pause_all),
+            ("stopping the piece server", self.server.stop),
+            ("closing the tracker connection", self.tracker.close),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("%s on exit failed", what)

@@ -49,6 +49,9 @@ class TrackerClient:
         self._rid = 0
         self._current = 0
         self._sock: zmq.Socket[Any] | None = None
+        self._awaiting_reply = False  # _sock sent a request and has not read its reply
+        # Every exchange holds this: the REPL, ping, download and piece-server threads
+        # share the one socket.
         self._lock = threading.Lock()
 
     @property
@@ -73,7 +76,13 @@ class TrackerClient:
         deadline = time.monotonic() + self._give_up_after
         failures = 0
         while True:
-            reply = self._try(self._socket(), payload, rid)
+            try:
+                reply = self._try(self._socket(), payload, rid)
+            except BaseException:
+                # Ctrl-C (KeyboardInterrupt in poll) or any error after the send leaves
+                # the REQ socket owing a receive: every later send would fail with EFSM.
+                self._drop_socket()
+                raise
             if reply is not None:
                 return reply
             failures += 1
@@ -93,13 +102,16 @@ class TrackerClient:
                 time.sleep(min(1.0, 0.05 * 2**round_no) * random.uniform(0.5, 1.0))
 
     def _try(self, sock: zmq.Socket[Any], payload: bytes, rid: int) -> Reply | None:
+        self._awaiting_reply = True
         sock.send(payload)
         wait_until = time.monotonic() + self._attempt_timeout
         while (left := wait_until - time.monotonic()) > 0:
             if not sock.poll(int(left * 1000) + 1):
                 return None
+            frame = sock.recv()
+            self._awaiting_reply = False
             try:
-                reply = Reply.from_wire(codec.decode(sock.recv()))
+                reply = Reply.from_wire(codec.decode(frame))
             except ProtocolError as exc:
                 log.warning("%s sent a malformed reply: %s", self.current, exc)
                 return None
@@ -109,6 +121,10 @@ class TrackerClient:
         return None
 
     def _socket(self) -> zmq.Socket[Any]:
+        if self._sock is not None and (self._sock.closed or self._awaiting_reply):
+            # A second Ctrl-C can land inside _drop_socket itself: never reuse a socket
+            # that is closed or still owes a receive.
+            self._drop_socket()
         if self._sock is None:
             sock = self._context.socket(zmq.REQ)
             sock.setsockopt(zmq.LINGER, 0)
@@ -123,3 +139,4 @@ class TrackerClient:
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None
+        self._awaiting_reply = False

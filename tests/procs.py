@@ -183,6 +183,10 @@ class ClientProc:
     def cmd(self, line: str, timeout: float = 20) -> dict[str, Any]:
         """Run one command and return its JSON answer (events are kept in ``events``)."""
         self.send(line)
+        return self.answer(line, timeout)
+
+    def answer(self, line: str, timeout: float = 20) -> dict[str, Any]:
+        """The JSON answer to ``line``, already sent (events are kept in ``events``)."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()

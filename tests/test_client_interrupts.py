@@ -1,0 +1,149 @@
+"""The client's tracker connection survives Ctrl-C mid-request; its keep-alive and its
+shutdown survive unexpected errors."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from p2p.config import load_tracker_info
+from peers import client as client_module
+from peers.client import Client
+from peers.tracker_client import TrackerClient
+from tests.procs import ClientProc, Cluster, cluster, free_port, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def short_sessions(tmp_path: Path) -> Iterator[Cluster]:
+    """One tracker that logs out a client silent for 4 s (the client pings every 2 s)."""
+    with cluster(tmp_path, trackers=1, tracker_args=["--session-timeout", "4"]) as c:
+        yield c
+
+
+def sessions(c: Cluster, tracker: int = 1) -> int:
+    status = c.tracker(tracker).status()
+    assert status is not None
+    return int(status["sessions"])
+
+
+def waits_in_poll(client: ClientProc) -> bool:
+    """The client's main thread blocks in poll(): a tracker request is out."""
+    pid = client.proc.pid
+    return "poll" in Path(f"/proc/{pid}/task/{pid}/wchan").read_text()
+
+
+# --- Ctrl-C during a tracker request --------------------------------------------------
+
+def test_ctrl_c_while_the_tracker_hangs_leaves_the_client_working(
+        short_sessions: Cluster) -> None:
+    c = short_sessions
+    alice = c.client("alice")
+    alice.ok("create_user alice pw")
+    alice.ok("login alice pw")
+
+    c.tracker(1).signal(signal.SIGSTOP)
+    alice.send("list_groups")
+    wait_for(lambda: waits_in_poll(alice), 12,  # the ping may hold the lock 8 s
+             "list_groups to wait for the hung tracker")
+    alice.proc.send_signal(signal.SIGINT)
+    answer = alice.answer("list_groups")
+    assert answer["code"] == "interrupted", answer
+    c.tracker(1).signal(signal.SIGCONT)
+
+    # The keep-alive thread still runs: once the tracker has logged the client out
+    # (frozen past the 4 s session timeout), its next ping says so.
+    alice.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: sessions(c) == 0, 15, "the tracker to time the session out")
+    finally:
+        alice.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: any(e["event"] == "session_ended" for e in alice.events), 10,
+             "the ping thread to report the ended session")
+
+    # Later commands reach the tracker as usual.
+    alice.ok("login alice pw")
+    assert alice.ok("list_groups") == []
+    alice.ok("create_group g")
+    assert [g["group"] for g in alice.ok("list_groups")] == ["g"]
+    assert sessions(c) == 1
+
+    # End of input logs out and exits cleanly.
+    assert alice.close() == 0
+    assert sessions(c) == 0
+    log = alice.log_path.read_text()
+    assert "Traceback" not in log and "ZMQError" not in log, log
+
+
+def test_an_exception_mid_exchange_drops_the_req_socket(
+        one_tracker: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt after the request is sent must not leave the REQ socket
+    waiting for a reply: the next request goes through."""
+    tracker = TrackerClient(load_tracker_info(one_tracker.info))
+    real_poll = zmq.Socket.poll
+
+    def interrupted_poll(self: zmq.Socket[Any], *args: Any, **kwargs: Any) -> int:
+        monkeypatch.setattr(zmq.Socket, "poll", real_poll)  # only the first poll
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zmq.Socket, "poll", interrupted_poll)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tracker.call("status")
+        assert tracker.call("status")["tracker"] == 1
+    finally:
+        tracker.close()
+
+
+class FailingTracker:
+    """Stands in for the TrackerClient: every request fails with a bug."""
+
+    def __init__(self, real: TrackerClient) -> None:
+        self.real = real
+        self.token: str | None = "t"
+        self.calls: list[str] = []
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        self.calls.append(op)
+        raise RuntimeError(f"bug in {op}")
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_ping_loop_and_close_survive_unexpected_errors(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in a ping does not end the keep-alive; one in the logout of ``exit`` is
+    logged and the client still shuts down, while Ctrl-C there still reaches the REPL."""
+    monkeypatch.setattr(client_module, "PING_INTERVAL", 0.05)
+    info = tmp_path / "tracker_info.txt"
+    info.write_text(f"127.0.0.1 {free_port()}\n")  # nobody answers there: never used
+    client = Client(load_tracker_info(info), "127.0.0.1", free_port(), tmp_path / "data")
+    fake = FailingTracker(client.tracker)
+    client.tracker = fake  # type: ignore[assignment]
+    try:
+        wait_for(lambda: fake.calls.count("ping") >= 3, 10,
+                 "the ping thread to keep pinging after a ping raised")
+        assert client._pinger.is_alive()
+
+        def interrupted_logout() -> None:
+            raise KeyboardInterrupt
+
+        client.user = "alice"  # logged in: close() logs out first
+        with monkeypatch.context() as patched:
+            patched.setattr(client, "logout", interrupted_logout)
+            with pytest.raises(KeyboardInterrupt):
+                client.close()
+        client.close()  # the real logout raises RuntimeError: logged, not raised
+        assert "logout" in fake.calls
+        wait_for(lambda: not client._pinger.is_alive(), 5, "the ping thread to stop")
+    finally:
+        client._stop.set()
+        client.server.stop()
+        fake.real.close()
