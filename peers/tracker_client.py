@@ -2,6 +2,8 @@
 
 Every request carries (client id, request id); a retry reuses both, so the
 trackers recognise it and it takes effect once, whichever tracker gets it.
+A failover is announced once, when another tracker than the last to answer
+answers: not on every failed attempt, and not at all while none answers.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class TrackerClient:
         self._on_failover = on_failover
         self._rid = 0
         self._current = 0
+        self._last_answered: int | None = None  # index of the tracker that answered last
         self._sock: zmq.Socket[Any] | None = None
         self._awaiting_reply = False  # _sock sent a request and has not read its reply
         # Every exchange holds this: the REPL, ping, download and piece-server threads
@@ -84,14 +87,13 @@ class TrackerClient:
                 self._drop_socket()
                 raise
             if reply is not None:
+                self._answered()
                 return reply
             failures += 1
             self._drop_socket()  # a REQ socket that timed out cannot be reused
             previous = self.current
             self._current = (self._current + 1) % len(self.trackers)
             log.info("%s did not answer, trying %s", previous, self.current)
-            if self._on_failover and previous != self.current:
-                self._on_failover(previous, self.current)
             if time.monotonic() >= deadline:
                 raise LocalError(
                     f"no tracker answered within {self._give_up_after:.0f} s", "no_tracker"
@@ -100,6 +102,21 @@ class TrackerClient:
                 # A whole round failed: back off with jitter so clients don't stampede.
                 round_no = failures // len(self.trackers)
                 time.sleep(min(1.0, 0.05 * 2**round_no) * random.uniform(0.5, 1.0))
+
+    def _answered(self) -> None:
+        """The current tracker answered: announce it if it replaces the last one that did.
+
+        Telling the user on every failed attempt flooded them while every tracker was
+        down (both ways, every 0.4 s, from the ping thread too); what they care about is
+        which tracker now serves them.
+        """
+        last, self._last_answered = self._last_answered, self._current
+        if self._on_failover is None or last is None or last == self._current:
+            return
+        try:
+            self._on_failover(self.trackers[last], self.current)
+        except Exception:  # the request took effect: a broken notice must not hide that
+            log.exception("failover notice failed")
 
     def _try(self, sock: zmq.Socket[Any], payload: bytes, rid: int) -> Reply | None:
         self._awaiting_reply = True

@@ -1,5 +1,6 @@
-"""The client's tracker connection survives Ctrl-C mid-request; its keep-alive and its
-shutdown survive unexpected errors."""
+"""The client's tracker connection survives Ctrl-C mid-request (its keep-alive and its
+shutdown survive unexpected errors), and an outage of every tracker gives at most one
+failover notice, not one per attempt."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import pytest
 import zmq
 
 from p2p.config import load_tracker_info
+from p2p.errors import ProtocolError
 from peers import client as client_module
 from peers.client import Client
 from peers.tracker_client import TrackerClient
 from tests.procs import ClientProc, Cluster, cluster, free_port, wait_for
+from tests.test_replication_kit import wait_converged
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -37,6 +40,10 @@ def waits_in_poll(client: ClientProc) -> bool:
     """The client's main thread blocks in poll(): a tracker request is out."""
     pid = client.proc.pid
     return "poll" in Path(f"/proc/{pid}/task/{pid}/wchan").read_text()
+
+
+def failovers(client: ClientProc) -> list[dict[str, Any]]:
+    return [e for e in client.events if e.get("event") == "failover"]
 
 
 # --- Ctrl-C during a tracker request --------------------------------------------------
@@ -147,3 +154,69 @@ def test_ping_loop_and_close_survive_unexpected_errors(
         client._stop.set()
         client.server.stop()
         fake.real.close()
+
+
+# --- every tracker down ---------------------------------------------------------------
+
+def test_all_trackers_down_gives_one_notice_not_one_per_attempt(tmp_path: Path) -> None:
+    with cluster(tmp_path, trackers=2) as c:
+        alice = c.client("alice", extra_args=["-v"])  # -v: its log shows every attempt
+        alice.ok("create_user alice pw")
+        alice.ok("login alice pw")  # answered by tracker 1
+        c.tracker(1).kill()
+        c.tracker(2).kill()
+
+        answer = alice.cmd("list_groups", timeout=40)
+        assert answer["code"] == "no_tracker", answer
+        assert len(failovers(alice)) <= 1, failovers(alice)
+
+        # Idle, the ping thread keeps trying both trackers: nothing more to announce.
+        before = len(failovers(alice))
+
+        def attempts() -> int:
+            return alice.log_path.read_text().count("did not answer")
+
+        seen = attempts()
+        wait_for(lambda: attempts() >= seen + 6, 20, "six more failed ping attempts")
+        alice.ok("help")  # events printed before this answer have been read
+        assert failovers(alice)[before:] == []
+
+        # Tracker 2 comes back: the client uses it (announcing at most that switch).
+        c.tracker(2).start()
+        before = len(failovers(alice))
+        alice.ok("list_groups", timeout=30)
+        assert [(e["from"], e["to"]) for e in failovers(alice)[before:]] in ([], [(1, 2)])
+
+        # A later real failover is announced again, exactly once.
+        c.tracker(1).start()
+        wait_converged(c, timeout=20)
+        c.tracker(2).kill()
+        before = len(failovers(alice))
+        alice.ok("create_group g")
+        assert [(e["from"], e["to"]) for e in failovers(alice)[before:]] == [(2, 1)]
+        assert [g["group"] for g in alice.ok("list_groups")] == ["g"]
+        assert alice.close() == 0
+        assert sessions(c) == 0
+
+
+def test_tracker_client_announces_each_switch_once(tmp_path: Path) -> None:
+    """A switch is announced once; a request that tries every dead tracker until it
+    gives up announces nothing more."""
+    with cluster(tmp_path, trackers=2) as c:
+        seen: list[tuple[int, int]] = []
+        tracker = TrackerClient(load_tracker_info(c.info), give_up_after=2.0,
+                                on_failover=lambda old, new: seen.append((old.number,
+                                                                          new.number)))
+        try:
+            assert tracker.call("status")["tracker"] == 1
+            assert seen == []  # the first tracker to answer is no switch
+            c.tracker(1).kill()
+            assert tracker.call("status")["tracker"] == 2
+            assert seen == [(1, 2)]
+            c.tracker(2).kill()
+            with pytest.raises(ProtocolError) as failed:
+                tracker.call("status")
+            assert failed.value.code == "no_tracker"
+            assert seen == [(1, 2)]
+        finally:
+            tracker.close()
