@@ -252,8 +252,12 @@ class Download:
             sock.setsockopt(zmq.RCVHWM, 0)  # the credit limits what is in flight
             sock.setsockopt(zmq.MAXMSGSIZE, PIECE_SIZE + 64 * 1024)
             sock.connect(f"tcp://{addr}")
+            # Each peer gets the ticket the tracker issued for it alone: a ticket that
+            # worked at any peer would let the one we send it to pose as us elsewhere.
+            ticket = peer.get("ticket")
             sock.send(msg.codec.encode(msg.Hello(self.group, self.name, self.sha1,
-                                                 self.host.user or "", self.info["ticket"]
+                                                 self.host.user or "",
+                                                 ticket if isinstance(ticket, str) else ""
                                                  ).to_wire()))
             self._links[addr] = PeerLink(addr, sock, now, last_heard=now)
 
@@ -287,8 +291,7 @@ class Download:
             return
         if info.get("sha1") != self.sha1:
             return  # the name now means another file; keep what we have
-        self.info["ticket"] = info["ticket"]
-        self._connect_peers(info.get("peers", []))
+        self._connect_peers(info.get("peers", []))  # each entry with its fresh ticket
 
     def _check_timeouts(self, picker: Picker, now: float) -> None:
         for link in list(self._links.values()):

@@ -1,12 +1,14 @@
 """The ROUTER that serves pieces to members of the file's group.
 
-A downloader opens a file with Hello (user + the tracker's ticket for the group,
-and the file's SHA1, which must be the one shared here); the ticket is checked
-with a tracker and cached briefly, and checked again by a Get once the cache has
-expired, so a user who left the group loses an open connection too.  Only then
-are its Get requests served, in order, as the upload limit allows; a Cancel
-withdraws one still queued, and a downloader found gone (its connection closed)
-loses all its queued requests.
+A downloader opens a file with Hello (user + the ticket the tracker issued it for
+the group and this peer, and the file's SHA1, which must be the one shared here);
+the ticket is checked with a tracker, which accepts only a ticket issued for this
+peer's own address (one shown to another peer is worthless here), and cached
+briefly, and checked again by a Get once the cache has expired, so a user who
+left the group loses an open connection too.  Only then are its Get requests
+served, in order, as the upload limit allows; a Cancel withdraws one still
+queued, and a downloader found gone (its connection closed) loses all its queued
+requests.
 Pieces verified later are pushed to it as Have notices.
 """
 

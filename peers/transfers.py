@@ -74,7 +74,7 @@ class Downloads:
             saved = self._saved_file(resume) if resolved and exc.code == "no_such_file" else None
             if saved is None:
                 raise
-            info = {**saved, "peers": [], "ticket": ""}
+            info = {**saved, "peers": []}
         if not info["peers"] and info["size"] > 0 and not resolved:
             raise LocalError(f"nobody else online shares {name} in {group}", "no_seeders")
         resume.parent.mkdir(parents=True, exist_ok=True)

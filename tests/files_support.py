@@ -15,6 +15,7 @@ from p2p.messages import piece as msg
 from p2p.pieces import PIECE_SIZE
 from peers.tracker_client import TrackerClient
 from tests.procs import ClientProc, Cluster, free_port
+from trackers.commands import session_id, ticket_for
 
 PASSWORD = "pw-secret"
 
@@ -126,8 +127,20 @@ class Session:
     def call(self, op: str, args: dict[str, Any]) -> Any:
         return self.tracker.call(op, args)
 
-    def ticket(self, group: str, name: str) -> str:
-        return str(self.tracker.call("file_info", {"group": group, "name": name})["ticket"])
+    def ticket(self, group: str, name: str, peer: ClientProc | str) -> str:
+        """The ticket file_info gives this session for fetching ``name`` from ``peer``
+        (a client, or its address), which must be sharing it."""
+        where = peer if isinstance(peer, str) else addr(peer)
+        info = self.tracker.call("file_info", {"group": group, "name": name})
+        found = [p["ticket"] for p in info["peers"] if p["addr"] == where]
+        assert found, f"{where} does not share {group}/{name}: {info['peers']}"
+        return str(found[0])
+
+    def ticket_at(self, group: str, peer: ClientProc) -> str:
+        """The ticket the tracker would give this session for ``peer`` in ``group``, for
+        a peer that shares nothing there (file_info lists only the peers that do)."""
+        assert self.tracker.token is not None
+        return ticket_for(session_id(self.tracker.token), group, addr(peer))
 
     def close(self) -> None:
         try:

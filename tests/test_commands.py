@@ -118,7 +118,7 @@ VALID: dict[str, tuple[str | None, dict[str, Any], list[str]]] = {
     "unshare": ("alice", {"group": "g1", "name": "f.txt"}, ["group", "name"]),
     "file_info": ("alice", {"group": "g1", "name": "f.txt"}, ["group", "name"]),
     "check_ticket": ("bob", {"group": "g1", "user": "alice",
-                             "ticket": ticket_for(SID["alice"], "g1")},
+                             "ticket": ticket_for(SID["alice"], "g1", "bob.lan:7000")},
                      ["group", "user", "ticket"]),
 }
 READS = {"ping", "list_groups", "list_requests", "list_files", "file_info", "check_ticket"}
@@ -427,17 +427,19 @@ def test_unshare_errors(who: str, args: dict[str, Any], code: str) -> None:
     refused(call(world(), "unshare", who, **args), code)
 
 
-def test_file_info_lists_other_holders_and_hands_out_a_ticket() -> None:
+def test_file_info_lists_other_holders_each_with_a_ticket_for_it() -> None:
     s = world()
     info = answer(call(s, "file_info", "alice", group="g1", name="f.txt"))
     assert info == {"group": "g1", "name": "f.txt", "size": 10, "sha1": SHA_A,
                     "pieces": PIECES, "peers": [{"user": "bob", "addr": "bob.lan:7000",
-                                                 "have": None}],
-                    "ticket": ticket_for(SID["alice"], "g1")}
+                                                 "have": None,
+                                                 "ticket": ticket_for(SID["alice"], "g1",
+                                                                      "bob.lan:7000")}]}
     codec.encode(info)  # it goes on the wire as is
     bobs = answer(call(s, "file_info", "bob", group="g1", name="f.txt"))
-    assert bobs["peers"] == [{"user": "alice", "addr": "alice.lan:7000", "have": b"\x00"}]
-    assert bobs["ticket"] != info["ticket"]
+    assert bobs["peers"] == [{"user": "alice", "addr": "alice.lan:7000", "have": b"\x00",
+                              "ticket": ticket_for(SID["bob"], "g1", "alice.lan:7000")}]
+    assert bobs["peers"][0]["ticket"] != info["peers"][0]["ticket"]
 
 
 @pytest.mark.parametrize(
@@ -456,26 +458,73 @@ def test_file_info_errors(who: str, args: dict[str, Any], code: str) -> None:
 
 def test_check_ticket() -> None:
     s = world()
-    good = ticket_for(SID["alice"], "g1")
+    at_bob = "bob.lan:7000"  # bob is the serving peer asking
+    good = ticket_for(SID["alice"], "g1", at_bob)
     assert answer(call(s, "check_ticket", "bob", group="g1", user="alice", ticket=good)) is None
     for args in (
         {"group": "g1", "user": "bob", "ticket": good},  # someone else's ticket
-        {"group": "g1", "user": "alice", "ticket": ticket_for(SID["alice"], "g2")},
+        {"group": "g1", "user": "alice", "ticket": ticket_for(SID["alice"], "g2", at_bob)},
+        {"group": "g1", "user": "alice", "ticket": ticket_for(SID["alice"], "g1",
+                                                               "carol.lan:7000")},  # other peer
         {"group": "g1", "user": "alice", "ticket": "0" * 64},
         {"group": "g1", "user": "alice", "ticket": ""},
         {"group": "g9", "user": "alice", "ticket": good},
-        {"group": "g1", "user": "carol", "ticket": ticket_for(SID["carol"], "g1")},  # no member
-        {"group": "g1", "user": "dave", "ticket": ticket_for(SID["dave"], "g1")},  # no session
+        {"group": "g1", "user": "carol",  # no member
+         "ticket": ticket_for(SID["carol"], "g1", at_bob)},
+        {"group": "g1", "user": "dave",  # no session
+         "ticket": ticket_for(SID["dave"], "g1", at_bob)},
     ):
         refused(call(s, "check_ticket", "bob", **args), "bad_ticket")
     refused(call(s, "check_ticket", "bob", group="g1", user="alice", ticket=5), "bad_request")
     refused(call(s, "check_ticket", "bob", group="g1", user="a b", ticket=good), "bad_request")
 
 
+def _peer_tickets(info: dict[str, Any]) -> dict[str, str]:
+    """addr -> the ticket file_info gave for the peer at that address."""
+    return {peer["addr"]: peer["ticket"] for peer in info["peers"]}
+
+
+def test_a_ticket_is_good_only_at_the_peer_it_was_issued_for() -> None:
+    s = world()
+    given_(s, "accept_request", group="g1", user="alice", member="carol")
+    given_(s, "share", sid=SID["carol"], group="g1", name="f.txt", size=10, sha1=SHA_A,
+           pieces=PIECES, have=None)
+    tickets = _peer_tickets(answer(call(s, "file_info", "alice", group="g1", name="f.txt")))
+    at_bob, at_carol = tickets["bob.lan:7000"], tickets["carol.lan:7000"]
+    # Each serving peer (asking with its own session) accepts the ticket issued for it...
+    for peer, ticket in (("bob", at_bob), ("carol", at_carol)):
+        assert answer(call(s, "check_ticket", peer, group="g1", user="alice",
+                           ticket=ticket)) is None
+    # ...and not the one alice showed the other peer: a peer cannot pose as her elsewhere.
+    for peer, ticket in (("bob", at_carol), ("carol", at_bob)):
+        refused(call(s, "check_ticket", peer, group="g1", user="alice", ticket=ticket),
+                "bad_ticket")
+
+
+def test_a_harvested_ticket_is_refused_after_its_holder_leaves() -> None:
+    """The reported attack: carol, who served bob a bait file and kept the ticket his
+    Hello carried, leaves the group and offers that ticket as bob's to alice's peer."""
+    s = world()
+    given_(s, "accept_request", group="g1", user="alice", member="carol")
+    given_(s, "share", sid=SID["carol"], group="g1", name="bait", size=10, sha1=SHA_B,
+           pieces=PIECES, have=None)
+    harvested = _peer_tickets(answer(call(s, "file_info", "bob", group="g1",
+                                          name="bait")))["carol.lan:7000"]
+    takes_effect(s, write(call(s, "leave_group", "carol", group="g1"), "leave_group"))
+    refused(call(s, "check_ticket", "alice", group="g1", user="bob", ticket=harvested),
+            "bad_ticket")
+    # Control: the ticket bob is given for alice (he is still a member, logged in) is
+    # good at alice.
+    for_alice = _peer_tickets(answer(call(s, "file_info", "bob", group="g1",
+                                          name="f.txt")))["alice.lan:7000"]
+    assert answer(call(s, "check_ticket", "alice", group="g1", user="bob",
+                       ticket=for_alice)) is None
+
+
 @pytest.mark.parametrize("op", ["logout", "leave_group"])
 def test_a_ticket_dies_with_the_session_or_the_membership(op: str) -> None:
     s = world()
-    good = ticket_for(SID["alice"], "g1")
+    good = ticket_for(SID["alice"], "g1", "bob.lan:7000")
     takes_effect(s, write(call(s, op, "alice", group="g1"), op))
     refused(call(s, "check_ticket", "bob", group="g1", user="alice", ticket=good), "bad_ticket")
 

@@ -120,7 +120,7 @@ def start(peers: list[Peer], tmp_path: Path, *new: Peer) -> Download:
     hashes = b"".join(piece_sha1(DATA[i:i + PIECE_SIZE]) for i in range(0, len(DATA),
                                                                          PIECE_SIZE))
     info = {"size": len(DATA), "sha1": hashlib.sha1(DATA).hexdigest(), "pieces": hashes,
-            "ticket": "t", "peers": [{"addr": p.addr} for p in new]}
+            "peers": [{"addr": p.addr, "ticket": "t"} for p in new]}
     d = Download(Host(), "g", "f.bin", tmp_path / "f.bin", tmp_path / "resume.json", info)
     d.start()
     return d

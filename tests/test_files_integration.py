@@ -142,8 +142,9 @@ def test_stop_share(one_tracker: Cluster, tmp_path: Path) -> None:
     carol.ok(f"upload_file {tmp_path / 'c' / 'f.bin'} g")
     sha1 = hashlib.sha1(data).hexdigest()
     assert seeders(bob, "g", "f.bin") == 2
-    bob_session = Session(one_tracker, "bob")  # a real ticket of bob's, for probing peers
-    ticket = bob_session.ticket("g", "f.bin")
+    bob_session = Session(one_tracker, "bob")  # real tickets of bob's, for probing peers
+    at_alice = bob_session.ticket("g", "f.bin", alice)
+    at_carol = bob_session.ticket("g", "f.bin", carol)
 
     alice.fails("stop_share g other.bin", "not_shared")
     alice.ok("stop_share g f.bin")
@@ -153,11 +154,11 @@ def test_stop_share(one_tracker: Cluster, tmp_path: Path) -> None:
 
     # alice's piece server no longer serves it, even to a member with a valid ticket...
     probe = Probe(alice)
-    refused = probe.hello("g", "f.bin", sha1, "bob", ticket)
+    refused = probe.hello("g", "f.bin", sha1, "bob", at_alice)
     assert isinstance(refused, msg.Refused) and refused.code == "not_shared", refused
     probe.close()
     probe = Probe(carol)  # ...while carol, who still shares it, does
-    assert isinstance(probe.hello("g", "f.bin", sha1, "bob", ticket), msg.Have)
+    assert isinstance(probe.hello("g", "f.bin", sha1, "bob", at_carol), msg.Have)
     probe.close()
 
     dest = tmp_path / "dl"

@@ -55,9 +55,10 @@ def test_non_member_is_refused_by_tracker_and_by_peers(one_tracker: Cluster,
     assert list(dest.iterdir()) == []
 
     # A peer contacted directly, with forged or borrowed credentials.
-    g2_ticket = Session(one_tracker, "mallory").ticket("g2", "m.bin")  # valid, other group
+    mallory_session = Session(one_tracker, "mallory")
+    g2_ticket = mallory_session.ticket_at("g2", alice)  # valid at alice, other group
     bob = Session(one_tracker, "bob")
-    g_ticket = bob.ticket("g", "f.bin")  # valid for bob only
+    g_ticket = bob.ticket("g", "f.bin", alice)  # valid for bob only
     probe = Probe(alice)
     _refused(probe, probe.get("g", "f.bin", 0), "not_member")  # no hello first
     for user, ticket in [("mallory", "0" * 64), ("bob", "0" * 64), ("bob", ""),
@@ -87,6 +88,46 @@ def test_non_member_is_refused_by_tracker_and_by_peers(one_tracker: Cluster,
     assert isinstance(piece, msg.Piece) and bytes(piece.data) == data[PIECE_SIZE:]
     # (the counter goes up just after the send)
     wait_for(lambda: served(alice, "g", "f.bin") == 1, 5, "alice to count the piece")
+    probe.close()
+    bob.close()
+    mallory_session.close()
+
+
+def test_a_ticket_given_to_one_peer_is_refused_by_another(one_tracker: Cluster,
+                                                          tmp_path: Path) -> None:
+    """A peer that a member's Hello reached cannot pose as that member at other peers:
+    carol (a member sharing a bait file) keeps the ticket bob's client would send her,
+    and offers it as bob's to alice, who shares another file in the same group."""
+    cl = group_of(one_tracker, ["alice", "bob", "carol"])
+    alice, carol = cl["alice"], cl["carol"]
+    data = make_file(tmp_path / "src" / "f.bin", pieces(2))
+    sha1 = alice.ok(f"upload_file {tmp_path / 'src' / 'f.bin'} g")["sha1"]
+    make_file(tmp_path / "c" / "bait.bin", 1000, seed=2)
+    bait_sha1 = carol.ok(f"upload_file {tmp_path / 'c' / 'bait.bin'} g")["sha1"]
+    bob = Session(one_tracker, "bob")
+    harvested = bob.ticket("g", "bait.bin", carol)  # what bob's Hello carries to carol
+    for_alice = bob.ticket("g", "f.bin", alice)
+    assert harvested != for_alice
+
+    # It is a real ticket: carol's own peer takes it from bob.
+    at_carol = Probe(carol)
+    assert isinstance(at_carol.hello("g", "bait.bin", bait_sha1, "bob", harvested), msg.Have)
+    at_carol.close()
+
+    # At alice it is worthless, with bob a member and his session alive.
+    probe = Probe(alice)
+    _refused(probe, probe.hello("g", "f.bin", sha1, "bob", harvested), "not_member")
+    _refused(probe, probe.get("g", "f.bin", 0), "not_member")
+    assert probe.silent(0.3)
+    assert served(alice, "g", "f.bin") == 0
+    probe.close()
+
+    # Control: the ticket bob was given for alice does work there.
+    probe = Probe(alice)
+    have = probe.hello("g", "f.bin", sha1, "bob", for_alice)
+    assert isinstance(have, msg.Have) and have.bits is not None
+    piece = probe.get("g", "f.bin", 0)
+    assert isinstance(piece, msg.Piece) and bytes(piece.data) == data[:PIECE_SIZE]
     probe.close()
     bob.close()
 
@@ -220,7 +261,7 @@ def test_a_stranger_cannot_probe_a_peer_for_files_or_their_sha1(one_tracker: Clu
     assert len(answers) == 1, answers  # the same answer whether the file is shared or not
     # A member naming the wrong SHA1 is told so, but not which SHA1 is shared here.
     bob = Session(one_tracker, "bob")
-    g_ticket = bob.ticket("g", "f.bin")
+    g_ticket = bob.ticket("g", "f.bin", alice)
     _refused(probe, probe.hello("g", "f.bin", "0" * 40, "bob", g_ticket), "not_shared")
     assert sha1 not in str(probe.last).lower(), probe.last
     _refused(probe, probe.hello("g", "nope.bin", sha1, "bob", g_ticket), "not_shared")
@@ -238,7 +279,7 @@ def test_an_open_connection_is_cut_after_its_user_leaves(one_tracker: Cluster,
     sha1 = alice.ok(f"upload_file {tmp_path / 'src' / 'f.bin'} g")["sha1"]
     bob = Session(one_tracker, "bob")
     probe = Probe(alice)
-    have = probe.hello("g", "f.bin", sha1, "bob", bob.ticket("g", "f.bin"))
+    have = probe.hello("g", "f.bin", sha1, "bob", bob.ticket("g", "f.bin", alice))
     assert isinstance(have, msg.Have) and have.bits is not None
     assert isinstance(probe.get("g", "f.bin", 0), msg.Piece)
     cl["bob"].ok("leave_group g")

@@ -63,9 +63,12 @@ def session_id(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def ticket_for(sid: str, group: str) -> str:
-    """A download ticket: proves to a serving peer that this session may fetch in ``group``."""
-    return hmac.new(bytes.fromhex(sid), b"ticket:" + group.encode(), "sha256").hexdigest()
+def ticket_for(sid: str, group: str, addr: str) -> str:
+    """A download ticket: proves that this session may fetch in ``group`` from the peer
+    registered at ``addr``, and from no other.  A ticket is bound to the serving peer it
+    is handed to, so a peer that keeps one cannot use it as the downloader elsewhere."""
+    message = b"ticket:" + group.encode() + b"\0" + addr.encode()
+    return hmac.new(bytes.fromhex(sid), message, "sha256").hexdigest()
 
 
 def _ok(req: Request, result: Any = None) -> Reply:
@@ -263,23 +266,27 @@ def _unshare(state: st.State, req: Request, ctx: Context) -> Plan:
 def _file_info(state: st.State, req: Request, ctx: Context) -> Plan:
     sid, group, name, record = _file(state, req)
     peers = [
-        {"user": state.sessions[h].user, "addr": state.sessions[h].addr, "have": have}
+        {"user": state.sessions[h].user, "addr": state.sessions[h].addr, "have": have,
+         "ticket": ticket_for(sid, group, state.sessions[h].addr)}
         for h, have in sorted(record.holders.items())
         if h != sid and h in state.sessions
     ]
     return _ok(req, {"group": group, "name": name, "size": record.size, "sha1": record.sha1,
-                     "pieces": record.pieces, "peers": peers, "ticket": ticket_for(sid, group)})
+                     "pieces": record.pieces, "peers": peers})
 
 
 def _check_ticket(state: st.State, req: Request, ctx: Context) -> Plan:
-    _session(state, req)
+    """Asked by a serving peer, with its own session: may ``user`` fetch in ``group``
+    from this peer?  Only a ticket issued for the caller's own peer address counts."""
+    caller, _user = _session(state, req)
     group, user = _id(req, "group", "group id"), _id(req, "user", "user id")
     ticket = _arg(req, "ticket")
     if not isinstance(ticket, str):
         raise LocalError("'ticket' must be a string", "bad_request")
+    addr = state.sessions[caller].addr
     member = group in state.groups and user in state.groups[group].members
     valid = member and any(
-        s.user == user and hmac.compare_digest(ticket_for(sid, group), ticket)
+        s.user == user and hmac.compare_digest(ticket_for(sid, group, addr), ticket)
         for sid, s in state.sessions.items()
     )
     if not valid:

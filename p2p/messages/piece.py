@@ -34,7 +34,7 @@ def _index(obj: dict[str, Any]) -> int:
 
 @dataclass(frozen=True)
 class Hello:
-    """Open a file with a peer: who I am, and the tracker's ticket for the group."""
+    """Open a file with a peer: who I am, and the tracker's ticket for the group and peer."""
 
     group: str
     name: str
