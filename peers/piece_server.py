@@ -197,20 +197,17 @@ class PieceServer:
 
     def _hello(self, ident: bytes, hello: msg.Hello) -> None:
         key = (hello.group, hello.name)
-        # The ticket first, and one answer to every non-member whatever file it names:
-        # otherwise a stranger could probe which files a group shares here.
+        source = self.registry.get(key)
+        if source is None or hello.sha1 != source.sha1:
+            # One answer whether the name is unknown here or names other content, and no
+            # tracker asked: without the file's SHA1 a stranger learns nothing, and a
+            # flood of hellos cannot keep this thread waiting on a tracker.
+            self._refuse(ident, hello.name, "not_shared", f"{hello.name} is not shared here")
+            return
         if not self._ticket_ok(hello.user, hello.group, hello.ticket):
             log.warning("refused %s: not a member of %s", hello.user, hello.group)
             self._refuse(ident, hello.name, "not_member",
                          f"{hello.user} may not download from group {hello.group}")
-            return
-        source = self.registry.get(key)
-        if source is None:
-            self._refuse(ident, hello.name, "not_shared", f"{hello.name} is not shared here")
-            return
-        if hello.sha1 != source.sha1:  # the SHA1 shared here stays out of the reply
-            self._refuse(ident, hello.name, "not_shared",
-                         f"the {hello.name} shared here has another SHA1")
             return
         self._opened.setdefault(ident, {})[key] = (hello.user, hello.group, hello.ticket)
         self._watched.add(key)

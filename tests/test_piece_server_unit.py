@@ -159,7 +159,7 @@ def test_hello_must_name_the_shared_files_sha1(served: Served) -> None:
     for wrong in ("0" * 40, served.sha1.upper(), ""):
         refused = hello(sock, wrong)
         assert isinstance(refused, msg.Refused) and refused.code == "not_shared", refused
-        assert refused.index is None and "SHA1" in refused.error
+        assert refused.index is None and refused.error == "f.bin is not shared here"
     send(sock, msg.Get(*KEY, 0))  # nothing was opened
     refused = reply(sock, 5)
     assert isinstance(refused, msg.Refused) and refused.code == "not_member", refused
@@ -331,7 +331,13 @@ def test_an_open_connection_asks_the_tracker_once_per_cache_period(
 
 def test_a_stranger_cannot_tell_what_is_shared_here(tmp_path: Path) -> None:
     s = Served(tmp_path, limit=None)
-    s.server._check_ticket = lambda user, _group, _ticket: user == "bob"
+    asked: list[str] = []
+
+    def check_ticket(user: str, _group: str, _ticket: str) -> bool:
+        asked.append(user)
+        return user == "bob"
+
+    s.server._check_ticket = check_ticket
     s.server.start()
     sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -346,16 +352,17 @@ def test_a_stranger_cannot_tell_what_is_shared_here(tmp_path: Path) -> None:
         return refused
 
     try:
-        # The shared file with its SHA1, with another SHA1, and a file not shared here:
-        # a non-member gets one and the same answer for all three.
-        answers = {(r.code, r.error) for r in (ask("f.bin", s.sha1, "eve"),
-                                               ask("f.bin", "0" * 40, "eve"),
-                                               ask("nope.bin", "0" * 40, "eve"))}
-        assert answers == {("not_member", "eve may not download from group g")}, answers
-        # A member is told the file is not here (the downloader drops the peer on that),
-        # but not which SHA1 is.
-        assert ask("f.bin", "0" * 40, "bob").code == "not_shared"
-        assert ask("nope.bin", s.sha1, "bob").code == "not_shared"
-        assert s.served == 0
+        # Another SHA1 and a name not shared here get the same answer, member or not,
+        # without asking a tracker: it takes the file's SHA1 to learn anything.
+        for user in ("eve", "bob"):
+            answers = {(r.code, r.error.replace(name, "NAME"))
+                       for name, sha1 in [("f.bin", "0" * 40), ("nope.bin", "0" * 40),
+                                          ("nope.bin", s.sha1)]
+                       for r in [ask(name, sha1, user)]}
+            assert answers == {("not_shared", "NAME is not shared here")}, answers
+        assert asked == []
+        refused = ask("f.bin", s.sha1, "eve")
+        assert (refused.code, refused.error) == ("not_member", "eve may not download from group g")
+        assert asked == ["eve"] and s.served == 0
     finally:
         s.close()
