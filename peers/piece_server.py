@@ -231,24 +231,34 @@ class PieceServer:
 
     def _get(self, ident: bytes, get: msg.Get) -> None:
         key = (get.group, get.name)
-        opened = self._opened.get(ident, {})
-        credentials = opened.get(key)
-        if credentials is None:
+        if key not in self._opened.get(ident, {}):
             self._refuse(ident, get.name, "not_member", "send hello with a valid ticket first",
                          get.index)
             return
-        # Cached for TICKET_CACHE_SECONDS, so the tracker is asked at most that often;
-        # without it a connection opened by a member would be served after they left.
-        if not self._ticket_ok(*credentials):
-            user, group, _ticket = credentials
-            log.warning("refused %s: no longer a member of %s", user, group)
-            del opened[key]  # so its next Gets are refused without asking the tracker
-            self._queue = collections.deque(e for e in self._queue if e[:2] != (ident, key))
-            # No index: the opening is withdrawn, not one piece (the downloader drops us).
-            self._refuse(ident, get.name, "not_member",
-                         f"{user} may no longer download from group {group}")
-            return
-        self._queue.append((ident, key, get.index))
+        if self._still_member(ident, key):
+            self._queue.append((ident, key, get.index))
+
+    def _still_member(self, ident: bytes, key: Key) -> bool:
+        """Whether the ticket ``ident`` opened ``key`` with is still good; if not, the
+        opening and its queued requests are withdrawn and the downloader told.
+
+        Cached for TICKET_CACHE_SECONDS, so the tracker is asked at most that often;
+        without it a connection opened by a member would be served after they left.
+        """
+        opened = self._opened.get(ident, {})
+        credentials = opened.get(key)
+        if credentials is not None and self._ticket_ok(*credentials):
+            return True
+        if credentials is None:
+            return False  # withdrawn: left the group, or forgotten among too many downloaders
+        user, group, _ticket = credentials
+        log.warning("refused %s: no longer a member of %s", user, group)
+        del opened[key]  # so its next Gets are refused without asking the tracker
+        self._queue = collections.deque(e for e in self._queue if e[:2] != (ident, key))
+        # No index: the opening is withdrawn, not one piece (the downloader drops us).
+        self._refuse(ident, key[1], "not_member",
+                     f"{user} may no longer download from group {group}")
+        return False
 
     def _cancel(self, ident: bytes, cancel: msg.Cancel) -> None:
         """Drop a queued Get of this downloader; one already sent (or unknown) is ignored."""
@@ -287,6 +297,8 @@ class PieceServer:
                 if delay > 0:
                     return max(1, int(delay * 1000))
             self._queue.popleft()
+            if not self._still_member(ident, key):  # it may have waited for the upload limit
+                continue
             try:
                 data = self._read(source, index)
             except (OSError, ValueError, KeyError, IndexError) as exc:

@@ -311,6 +311,32 @@ def test_an_open_connection_is_cut_once_its_user_left_the_group(
         s.close()
 
 
+def test_requests_queued_behind_the_upload_limit_are_not_served_once_the_user_left(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = _fake_clock(monkeypatch)  # frozen: the upload limit refills only when we say
+    member = {"bob": True}
+    s = Served(tmp_path)  # one piece a second
+    checks = _members(s, member)
+    s.server.start()
+    try:
+        sock = s.downloader()
+        for index in range(4):
+            send(sock, msg.Get(*KEY, index))
+        assert piece_index(sock, 5) == 0  # the burst; 1..3 wait for the limit
+        reopened = hello(sock, s.sha1)  # answered in order: the Gets before it are queued
+        assert isinstance(reopened, msg.Have), reopened
+        member["bob"] = False
+        now[0] += piece_server.TICKET_CACHE_SECONDS + 0.01  # room for one more, ticket stale
+        refused = reply(sock, 5)
+        assert isinstance(refused, msg.Refused) and refused.code == "not_member", refused
+        assert checks == ["bob", "bob"]
+        now[0] += 10.0
+        assert reply(sock, 1.5) is None  # 2 and 3 were dropped with the opening
+        assert s.served == 1
+    finally:
+        s.close()
+
+
 def test_an_open_connection_asks_the_tracker_once_per_cache_period(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     now = _fake_clock(monkeypatch)
