@@ -96,7 +96,12 @@ class Client:
 
     def _reshare(self, user: str) -> tuple[list[str], list[str]]:
         reshared, dropped = [], []
-        for saved in self.registry.saved():
+        try:
+            records = self.registry.saved()
+        except OSError as exc:  # the login stands; nothing can be shared again from it
+            log.warning("cannot read the saved shares: %s", exc)
+            records = []
+        for saved in records:
             if saved.user != user:
                 continue
             label = f"{saved.group}/{saved.name}"
@@ -156,7 +161,7 @@ class Client:
         self.group_call("leave_group", group)
         for download in self.downloads.all():
             if download.group == group:
-                download.sharing = False
+                self.downloads.stop_sharing(download)
         for source in self.registry.listing():
             if source.key[0] == group:
                 self.registry.remove(source.key)
@@ -178,6 +183,7 @@ class Client:
         except OSError as exc:
             raise LocalError(f"cannot read {path_text}: {exc}", "io_error") from None
         pieces = b"".join(digest.piece_hashes)
+        before_share = self.registry.get((group, name))
         self._announce_share(group, name, digest.size, digest.sha1, pieces, path,
                              trusted_mtime(before.st_mtime_ns, hashed_at))
         try:
@@ -185,9 +191,12 @@ class Client:
                                               digest.sha1, pieces.hex(), before.st_mtime_ns,
                                               hashed_at))
         except OSError as exc:  # not shared if it cannot be shared again at the next login
-            self.registry.remove((group, name))
-            with contextlib.suppress(ProtocolError):
-                self.tracker.call("unshare", {"group": group, "name": name})
+            if before_share is not None:  # the same file again: keep sharing it as before
+                self.registry.put(before_share)
+            else:
+                self.registry.remove((group, name))
+                with contextlib.suppress(ProtocolError):
+                    self.tracker.call("unshare", {"group": group, "name": name})
             raise LocalError(f"cannot save the list of shared files: {exc}", "io_error") from None
         return {"name": name, "size": digest.size, "sha1": digest.sha1,
                 "pieces": len(digest.piece_hashes)}
@@ -217,6 +226,8 @@ class Client:
                 for download in running:
                     download.sharing = True
                 raise
+        for download in running:  # and after a resume too
+            self.downloads.stop_sharing(download)
         self.registry.remove((group, name))
         self.registry.forget(user, group, name)
 
@@ -282,6 +293,10 @@ class Client:
         path = download.final_path
         if not download.sharing:  # stop_share while it ran
             self.registry.remove(download.key)
+            # A progress note already on its way when sharing stopped may have listed us
+            # again at the tracker: withdraw for good.
+            with contextlib.suppress(ProtocolError):
+                self.tracker.call("unshare", {"group": download.group, "name": download.name})
         else:
             self._share_downloaded(download)
         self.notify("download_complete", {"group": download.group, "file": download.name,
@@ -305,11 +320,15 @@ class Client:
                 log.info("could not announce completion of %s: %s", download.name, exc)
 
     def _check_ticket(self, user: str, group: str, ticket: str) -> bool:
+        """Whether a tracker vouches for the ticket; LocalError ``no_tracker`` if none
+        answered (not knowing is not a no: the piece server decides what it means)."""
         if self.user is None:
             return False
         try:
             self.tracker.call("check_ticket", {"user": user, "group": group, "ticket": ticket})
         except ProtocolError as exc:
+            if exc.code == "no_tracker":
+                raise
             log.info("ticket of %s for %s refused: %s", user, group, exc)
             return False
         return True

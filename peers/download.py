@@ -174,9 +174,13 @@ class Download:
                     partial.discard()
                 else:
                     partial.close()
-            if self.state != "downloading":
-                self.host.ended(self)
-            self._done.set()
+            try:
+                if self.state != "downloading":
+                    self.host.ended(self)
+            except Exception:  # the download itself is over: waiters must still wake
+                log.exception("could not finish the bookkeeping of %s", self.name)
+            finally:
+                self._done.set()
 
     def _fail(self, why: str) -> None:
         self.state, self.error = "failed", why
@@ -368,7 +372,8 @@ class Download:
             if reply.index is None or reply.code == "not_shared":
                 # Refused outright, or the peer stopped sharing the file: asking it again
                 # at once would only spin; try it later if the tracker still lists it.
-                retry = RETRY_PEER_AFTER if reply.code == "not_shared" else 10 * RETRY_PEER_AFTER
+                soon = reply.code in ("not_shared", "no_tracker")
+                retry = RETRY_PEER_AFTER if soon else 10 * RETRY_PEER_AFTER
                 self._drop(link, picker, f"refused: {reply.error}", retry)
                 return False
             if link.in_flight.pop(reply.index, None) is None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from p2p.errors import LocalError
+from p2p.errors import LocalError, ProtocolError
 from p2p.messages import piece as msg
 from p2p.pieces import piece_range
 from peers.shares import Key, ShareRegistry, Source
@@ -40,7 +40,8 @@ NEWS_DELAY = 0.1
 # for the same pieces at about the same time.
 RECENT_PIECES = 16
 
-TicketCheck = Callable[[str, str, str], bool]  # (user, group, ticket) -> valid
+# (user, group, ticket) -> valid; ProtocolError when no tracker can tell
+TicketCheck = Callable[[str, str, str], bool]
 Credentials = tuple[str, str, str]  # (user, group, ticket) a file was opened with
 
 
@@ -204,7 +205,12 @@ class PieceServer:
             # flood of hellos cannot keep this thread waiting on a tracker.
             self._refuse(ident, hello.name, "not_shared", f"{hello.name} is not shared here")
             return
-        if not self._ticket_ok(hello.user, hello.group, hello.ticket):
+        try:
+            member = self._ticket_ok(hello.user, hello.group, hello.ticket)
+        except ProtocolError as exc:  # no tracker to ask: the downloader tries again soon
+            self._refuse(ident, hello.name, "no_tracker", f"cannot check the ticket now: {exc}")
+            return
+        if not member:
             log.warning("refused %s: not a member of %s", hello.user, hello.group)
             self._refuse(ident, hello.name, "not_member",
                          f"{hello.user} may not download from group {hello.group}")
@@ -247,10 +253,17 @@ class PieceServer:
         """
         opened = self._opened.get(ident, {})
         credentials = opened.get(key)
-        if credentials is not None and self._ticket_ok(*credentials):
-            return True
         if credentials is None:
             return False  # withdrawn: left the group, or forgotten among too many downloaders
+        try:
+            if self._ticket_ok(*credentials):
+                return True
+        except ProtocolError as exc:
+            # No tracker answers: a connection a tracker vouched for keeps its pieces
+            # rather than every open download stopping with the trackers.
+            log.warning("cannot re-check the ticket of %s: %s", credentials[0], exc)
+            self._tickets[credentials] = time.monotonic() + TICKET_CACHE_SECONDS
+            return True
         user, group, _ticket = credentials
         log.warning("refused %s: no longer a member of %s", user, group)
         del opened[key]  # so its next Gets are refused without asking the tracker

@@ -127,6 +127,9 @@ class ShareRegistry:
     def __init__(self, data_dir: Path) -> None:
         self._path = data_dir / "shares.json"
         self._lock = threading.Lock()
+        # shares.json is read, changed and replaced by the REPL and by download threads
+        # finishing at the same moment: one at a time, or a share is lost.
+        self._file_lock = threading.Lock()
         self._sources: dict[Key, Source] = {}
         self.served: Counter[Key] = Counter()
         self.active = False  # only while logged in
@@ -166,20 +169,22 @@ class ShareRegistry:
             return [SavedShare(**entry) for entry in raw["shares"]]
         except FileNotFoundError:
             return []
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable %s: %s", self._path, exc)
             return []
 
     def remember(self, share: SavedShare) -> None:
-        entries = [s for s in self.saved()
-                   if (s.user, s.group, s.name) != (share.user, share.group, share.name)]
-        self._save([*entries, share])
+        with self._file_lock:
+            entries = [s for s in self.saved()
+                       if (s.user, s.group, s.name) != (share.user, share.group, share.name)]
+            self._save([*entries, share])
 
     def forget(self, user: str, group: str, name: str) -> None:
-        entries = self.saved()
-        kept = [s for s in entries if (s.user, s.group, s.name) != (user, group, name)]
-        if len(kept) != len(entries):
-            self._save(kept)
+        with self._file_lock:
+            entries = self.saved()
+            kept = [s for s in entries if (s.user, s.group, s.name) != (user, group, name)]
+            if len(kept) != len(entries):
+                self._save(kept)
 
     def _save(self, entries: list[SavedShare]) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)

@@ -332,10 +332,14 @@ class PartialDownload:
                 os.ftruncate(fd, 0)  # nothing in it counts: start afresh
                 cls._preallocate(fd, size)
             except BaseException:
+                _unlink(part_path)  # before the lock goes with the descriptor
                 os.close(fd)
-                _unlink(part_path)
                 raise
-        self = cls(final_path, size, sha1, piece_hashes, resume_path, fd, have)
+        try:
+            self = cls(final_path, size, sha1, piece_hashes, resume_path, fd, have)
+        except BaseException:
+            os.close(fd)
+            raise
         try:
             if have.count():
                 self._reverify()
@@ -631,9 +635,9 @@ class PartialDownload:
 
     def discard(self) -> None:
         """Delete the partial file and resume record, leaving nothing behind."""
-        self._close_fd()
         if not self._finished:
-            _unlink(self.part_path)
+            _unlink(self.part_path)  # while still locked: nobody else can be writing it
+        self._close_fd()
         self._remove_resume()
 
     def close(self) -> None:

@@ -51,10 +51,13 @@ class Downloads:
         self._record = data_dir / "downloads.json"
         self._host = host
         self._lock = threading.Lock()
+        # downloads.json is read, changed and replaced by the REPL and by download
+        # threads ending at the same moment: one at a time, or an entry is lost.
+        self._file_lock = threading.Lock()
         self._all: list[Download] = []
 
     def start(self, group: str, name: str, destination: str | Path,
-              resolved: bool = False) -> Download:
+              resolved: bool = False, sharing: bool = True) -> Download:
         """Ask the tracker about the file and start fetching it in the background."""
         check_id(group, "group id")
         final = Path(destination) if resolved else resolve_destination(str(destination), name)
@@ -79,10 +82,11 @@ class Downloads:
             raise LocalError(f"nobody else online shares {name} in {group}", "no_seeders")
         resume.parent.mkdir(parents=True, exist_ok=True)
         download = Download(self._host, group, name, final, resume, info)
+        download.sharing = sharing
         with self._lock:
             self._all = [d for d in self._all if d.final_path != final]
             self._all.append(download)
-        self._save_entry(group, name, final)
+        self._save_entry(group, name, final, sharing)
         self._save_file(resume, info)
         download.start()
         return download
@@ -163,12 +167,13 @@ class Downloads:
             with self._lock:
                 if any(d.final_path == final and d.running for d in self._all):
                     continue
-            if final.exists():  # the user put another file there: nothing to resume
-                PartialDownload.abandon(final, self._resume_path(final))
-                self._drop_entry(final)
-                continue
             try:
-                self.start(entry["group"], entry["name"], final, resolved=True)
+                if final.exists():  # the user put another file there: nothing to resume
+                    PartialDownload.abandon(final, self._resume_path(final))
+                    self._drop_entry(final)
+                    continue
+                self.start(entry["group"], entry["name"], final, resolved=True,
+                           sharing=entry.get("share", True) is not False)
                 resumed.append(entry["name"])
             except Exception as exc:  # a stale entry must not stop the login
                 log.warning("cannot resume %s: %s", entry["name"], exc)
@@ -176,7 +181,7 @@ class Downloads:
 
     # --- the record ---------------------------------------------------------------------
 
-    def _entries(self) -> list[dict[str, str]]:
+    def _entries(self) -> list[dict[str, Any]]:
         try:
             entries = json.loads(self._record.read_text())["downloads"]
             return [e for e in entries if isinstance(e, dict)]
@@ -186,21 +191,30 @@ class Downloads:
             log.warning("ignoring unreadable %s: %s", self._record, exc)
             return []
 
-    def _save_entry(self, group: str, name: str, final: Path) -> None:
+    def _save_entry(self, group: str, name: str, final: Path, sharing: bool) -> None:
         user = self._host.user or ""
-        entries = [e for e in self._entries() if e.get("path") != str(final)]
-        entries.append({"user": user, "group": group, "name": name, "path": str(final)})
-        self._write(entries)
+        with self._file_lock:
+            entries = [e for e in self._entries() if e.get("path") != str(final)]
+            entries.append({"user": user, "group": group, "name": name, "path": str(final),
+                            "share": sharing})
+            self._write(entries)
 
     def _drop_entry(self, final: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._file_path(self._resume_path(final)).unlink()
-        entries = self._entries()
-        kept = [e for e in entries if e.get("path") != str(final)]
-        if len(kept) != len(entries):
-            self._write(kept)
+        with self._file_lock:
+            entries = self._entries()
+            kept = [e for e in entries if e.get("path") != str(final)]
+            if len(kept) != len(entries):
+                self._write(kept)
 
-    def _write(self, entries: list[dict[str, str]]) -> None:
+    def stop_sharing(self, download: Download) -> None:
+        """Share no piece of ``download`` from now on, also after a resume."""
+        download.sharing = False
+        if download.running:
+            self._save_entry(download.group, download.name, download.final_path, False)
+
+    def _write(self, entries: list[dict[str, Any]]) -> None:
         with self._lock:
             self._data_dir.mkdir(parents=True, exist_ok=True)
             tmp = self._record.with_suffix(".tmp")

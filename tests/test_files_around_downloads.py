@@ -102,6 +102,11 @@ def test_stop_share_while_downloading_lasts(one_tracker: Cluster, tmp_path: Path
     partway(bob)
     bob.ok("stop_share g f.bin")
     assert bob.ok("list_shares") == []
+    bob.ok("logout")  # and a resume does not share it again either
+    assert login(bob, "bob", create=False)["resumed"] == ["f.bin"]
+    partway(bob, 0.5)
+    assert bob.ok("list_shares") == []
+    assert seeders(alice, "g", "f.bin") == 1
     done(bob, "g", "f.bin")
     assert (dest / "f.bin").read_bytes() == data
     assert bob.ok("list_shares") == []
@@ -173,16 +178,42 @@ def test_a_resume_whose_destination_was_taken_leaves_nothing_behind(
     assert list((bob.data_dir / "partial").iterdir()) == []
 
 
+def test_a_resume_that_cannot_clean_up_still_logs_in(one_tracker: Cluster,
+                                                     tmp_path: Path) -> None:
+    cl, _data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
+    bob = cl["bob"]
+    bob.ok(f"download_file g f.bin {dest}")
+    partway(bob)
+    bob.ok("logout")
+    (dest / "f.bin").write_bytes(b"the user's own")
+    (dest / ".f.bin.part").unlink()
+    (dest / ".f.bin.part").mkdir()  # not a file the download can open, let alone delete
+    assert login(bob, "bob", create=False)["resumed"] == []
+    bob.ok("list_groups")
+    assert (dest / "f.bin").read_bytes() == b"the user's own"
+
+
 def test_an_upload_that_cannot_be_recorded_is_not_shared(one_tracker: Cluster,
                                                          tmp_path: Path) -> None:
     cl, _data, _dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
     bob = cl["bob"]
-    (bob.data_dir / "shares.json").mkdir(parents=True)  # the list cannot be written
+    make_file(tmp_path / "b" / "old.bin", 1000, seed=4)
+    bob.ok(f"upload_file {tmp_path / 'b' / 'old.bin'} g")
+    record = bob.data_dir / "shares.json"
+    saved = record.read_text()
+    record.unlink()
+    record.mkdir()  # the list cannot be written any more
     make_file(tmp_path / "b" / "mine.bin", 1000, seed=3)
     error = bob.fails(f"upload_file {tmp_path / 'b' / 'mine.bin'} g", "io_error")
     assert "cannot save the list of shared files" in error
-    assert bob.ok("list_shares") == []
+    assert [s["name"] for s in bob.ok("list_shares")] == ["old.bin"]
     assert seeders(cl["alice"], "g", "mine.bin") == 0
+    # Sharing the same file again fails the same way, and it stays shared as it was.
+    bob.fails(f"upload_file {tmp_path / 'b' / 'old.bin'} g", "io_error")
+    assert [s["name"] for s in bob.ok("list_shares")] == ["old.bin"]
+    assert seeders(cl["alice"], "g", "old.bin") == 1
+    record.rmdir()
+    record.write_text(saved)
 
 
 def test_a_garbled_saved_share_is_dropped_at_login(one_tracker: Cluster,

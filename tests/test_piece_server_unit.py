@@ -18,6 +18,7 @@ import pytest
 import zmq
 
 from p2p import codec
+from p2p.errors import LocalError
 from p2p.messages import piece as msg
 from p2p.pieces import PIECE_SIZE, Bitfield, piece_count, piece_sha1
 from peers import piece_server
@@ -333,6 +334,38 @@ def test_requests_queued_behind_the_upload_limit_are_not_served_once_the_user_le
         now[0] += 10.0
         assert reply(sock, 1.5) is None  # 2 and 3 were dropped with the opening
         assert s.served == 1
+    finally:
+        s.close()
+
+
+def test_with_no_tracker_to_ask_open_connections_go_on_and_new_ones_retry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = _fake_clock(monkeypatch)
+    s = Served(tmp_path, limit=None)
+    checks = _members(s, {"bob": True})
+    s.server.start()
+    try:
+        sock = s.downloader()
+
+        def no_tracker(_user: str, _group: str, _ticket: str) -> bool:
+            checks.append("down")
+            raise LocalError("no tracker answered within 8 s", "no_tracker")
+
+        s.server._check_ticket = no_tracker
+        now[0] += piece_server.TICKET_CACHE_SECONDS + 0.01
+        send(sock, msg.Get(*KEY, 0))
+        assert piece_index(sock, 5) == 0  # vouched for before: still served
+        send(sock, msg.Get(*KEY, 1))
+        assert piece_index(sock, 5) == 1
+        assert checks == ["bob", "down"]  # and not asked again at once
+        other: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
+        other.setsockopt(zmq.LINGER, 0)
+        other.connect(f"tcp://127.0.0.1:{s.port}")
+        s.sockets.append(other)
+        send(other, msg.Hello(*KEY, s.sha1, "carol", "t"))
+        refused = reply(other, 5)
+        assert isinstance(refused, msg.Refused) and refused.code == "no_tracker", refused
+        assert refused.index is None
     finally:
         s.close()
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from p2p.pieces import PIECE_SIZE, hash_file
-from peers.shares import Source
+from peers.shares import SavedShare, ShareRegistry, Source
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -68,3 +69,26 @@ def test_recent_mtime_never_vouches_for_content(tmp_path: Path) -> None:
     assert source.read(0) is None
     assert source.read(1) is not None
     source.close()
+
+
+def test_shares_remembered_at_the_same_moment_are_all_kept(tmp_path: Path) -> None:
+    # Downloads finishing together each remember their file from their own thread.
+    registry = ShareRegistry(tmp_path)
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def remember(i: int) -> None:
+        barrier.wait()
+        try:
+            for j in range(10):
+                registry.remember(SavedShare("u", "g", f"f{i}-{j}", "/x", 1, "0" * 40, "", 0))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=remember, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert errors == []
+    assert len(registry.saved()) == 80
