@@ -80,14 +80,17 @@ class Downloads:
             info = {**saved, "peers": []}
         if not info["peers"] and info["size"] > 0 and not resolved:
             raise LocalError(f"nobody else online shares {name} in {group}", "no_seeders")
-        resume.parent.mkdir(parents=True, exist_ok=True)
+        try:  # recorded first: a download that could not be resumed must not start
+            resume.parent.mkdir(parents=True, exist_ok=True)
+            self._save_file(resume, info)
+            self._save_entry(group, name, final, sharing)
+        except OSError as exc:
+            raise LocalError(f"cannot record the download: {exc}", "io_error") from None
         download = Download(self._host, group, name, final, resume, info)
         download.sharing = sharing
         with self._lock:
             self._all = [d for d in self._all if d.final_path != final]
             self._all.append(download)
-        self._save_entry(group, name, final, sharing)
-        self._save_file(resume, info)
         download.start()
         return download
 

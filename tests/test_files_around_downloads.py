@@ -230,3 +230,20 @@ def test_a_garbled_saved_share_is_dropped_at_login(one_tracker: Cluster,
     alice.ok("list_groups")  # logged in, and working
     assert alice.ok("list_shares") == []
     assert os.path.exists(record)
+
+
+def test_a_download_that_cannot_be_recorded_does_not_start(one_tracker: Cluster,
+                                                          tmp_path: Path) -> None:
+    cl, data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
+    bob = cl["bob"]
+    blocker = bob.data_dir / "partial"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("")  # where resume records go: they cannot be written
+    assert "cannot record the download" in bob.fails(f"download_file g f.bin {dest}",
+                                                     "io_error")
+    assert bob.ok("show_downloads") == []
+    assert list(dest.iterdir()) == []
+    blocker.unlink()
+    bob.ok(f"download_file g f.bin {dest}")  # nothing stale stands in the way
+    done(bob, "g", "f.bin")
+    assert (dest / "f.bin").read_bytes() == data
