@@ -53,12 +53,17 @@ class Served:
                                   lambda _user, _group, _ticket: True, upload_limit=limit)
         self.sockets: list[zmq.Socket[Any]] = []
 
-    def downloader(self) -> zmq.Socket[Any]:
-        """A DEALER that has opened the file (its bitfield reply is consumed)."""
+    def connect(self) -> zmq.Socket[Any]:
+        """A DEALER connected to the server, closed with it; nothing opened yet."""
         sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(f"tcp://127.0.0.1:{self.port}")
         self.sockets.append(sock)
+        return sock
+
+    def downloader(self) -> zmq.Socket[Any]:
+        """A DEALER that has opened the file (its bitfield reply is consumed)."""
+        sock = self.connect()
         have = hello(sock, self.sha1)
         assert isinstance(have, msg.Have) and have.bits is not None, have
         assert Bitfield.from_bytes(self.count, have.bits).complete
@@ -153,10 +158,7 @@ def test_requests_of_a_downloader_that_went_away_are_dropped(served: Served) -> 
 
 
 def test_hello_must_name_the_shared_files_sha1(served: Served) -> None:
-    sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(f"tcp://127.0.0.1:{served.port}")
-    served.sockets.append(sock)
+    sock = served.connect()
     for wrong in ("0" * 40, served.sha1.upper(), ""):
         refused = hello(sock, wrong)
         assert isinstance(refused, msg.Refused) and refused.code == "not_shared", refused
@@ -222,10 +224,7 @@ def test_a_recently_served_piece_goes_only_to_shares_that_hold_it(tmp_path: Path
         first = s.downloader()
         send(first, msg.Get(*KEY, 0))
         assert piece_index(first, 5) == 0
-        second: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
-        second.setsockopt(zmq.LINGER, 0)
-        second.connect(f"tcp://127.0.0.1:{s.port}")
-        s.sockets.append(second)
+        second = s.connect()
         send(second, msg.Hello(*other_key, s.sha1, "bob", "ticket"))
         opened = reply(second, 5)
         assert isinstance(opened, msg.Have) and opened.bits is not None
@@ -358,10 +357,7 @@ def test_with_no_tracker_to_ask_open_connections_go_on_and_new_ones_retry(
         send(sock, msg.Get(*KEY, 1))
         assert piece_index(sock, 5) == 1
         assert checks == ["bob", "down"]  # and not asked again at once
-        other: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
-        other.setsockopt(zmq.LINGER, 0)
-        other.connect(f"tcp://127.0.0.1:{s.port}")
-        s.sockets.append(other)
+        other = s.connect()
         send(other, msg.Hello(*KEY, s.sha1, "carol", "t"))
         refused = reply(other, 5)
         assert isinstance(refused, msg.Refused) and refused.code == "no_tracker", refused
@@ -398,10 +394,7 @@ def test_a_stranger_cannot_tell_what_is_shared_here(tmp_path: Path) -> None:
 
     s.server._check_ticket = check_ticket
     s.server.start()
-    sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(f"tcp://127.0.0.1:{s.port}")
-    s.sockets.append(sock)
+    sock = s.connect()
 
     def ask(name: str, sha1: str, user: str) -> msg.Refused:
         send(sock, msg.Hello("g", name, sha1, user, "x"))
