@@ -6,7 +6,6 @@ next login of the same user resumes them, keeping every piece already verified.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -203,8 +202,7 @@ class Downloads:
             self._write(entries)
 
     def _drop_entry(self, final: Path) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._file_path(self._resume_path(final)).unlink()
+        self._file_path(self._resume_path(final)).unlink(missing_ok=True)
         with self._file_lock:
             entries = self._entries()
             kept = [e for e in entries if e.get("path") != str(final)]
@@ -218,8 +216,8 @@ class Downloads:
             self._save_entry(download.group, download.name, download.final_path, False)
 
     def _write(self, entries: list[dict[str, Any]]) -> None:
-        with self._lock:
-            self._data_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self._record.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"downloads": entries}, indent=1))
-            os.replace(tmp, self._record)
+        """Replace downloads.json; callers hold ``_file_lock``."""
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._record.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"downloads": entries}, indent=1))
+        os.replace(tmp, self._record)
