@@ -47,12 +47,17 @@ def partway(client: ClientProc, share: float = 0.25) -> None:
              f"{share:.0%} of f.bin")
 
 
+def started(client: ClientProc, dest: Path) -> None:
+    """``client`` downloads f.bin into ``dest`` and has a quarter of it."""
+    client.ok(f"download_file g f.bin {dest}")
+    partway(client)
+
+
 def test_two_clients_downloading_to_one_place_never_make_a_wrong_file(
         one_tracker: Cluster, tmp_path: Path) -> None:
     cl, data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob", "carol"])
     bob, carol = cl["bob"], cl["carol"]
-    bob.ok(f"download_file g f.bin {dest}")
-    partway(bob)
+    started(bob, dest)
     carol.ok(f"download_file g f.bin {dest}")  # not there yet: allowed to start...
     failed = carol.ok("wait g f.bin")[-1]  # ...but it may not touch bob's partial file
     assert failed["state"] == "failed" and "another download is writing" in failed["error"]
@@ -78,8 +83,7 @@ def test_a_file_put_at_the_destination_meanwhile_is_kept(one_tracker: Cluster,
                                                          tmp_path: Path) -> None:
     cl, _data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
     bob = cl["bob"]
-    bob.ok(f"download_file g f.bin {dest}")
-    partway(bob)
+    started(bob, dest)
     (dest / "f.bin").write_bytes(b"the user's own")
     failed = bob.ok("wait g f.bin")[-1]
     assert failed["state"] == "failed" and "left as it is" in failed["error"], failed
@@ -98,8 +102,7 @@ def test_a_trailing_slash_means_a_directory(one_tracker: Cluster, tmp_path: Path
 def test_stop_share_while_downloading_lasts(one_tracker: Cluster, tmp_path: Path) -> None:
     cl, data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
     alice, bob = cl["alice"], cl["bob"]
-    bob.ok(f"download_file g f.bin {dest}")
-    partway(bob)
+    started(bob, dest)
     bob.ok("stop_share g f.bin")
     assert bob.ok("list_shares") == []
     bob.ok("logout")  # and a resume does not share it again either
@@ -133,8 +136,7 @@ def test_the_next_user_of_a_client_sees_none_of_the_last_ones_downloads(
         one_tracker: Cluster, tmp_path: Path) -> None:
     cl, data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
     bob = cl["bob"]
-    bob.ok(f"download_file g f.bin {dest}")
-    partway(bob)
+    started(bob, dest)
     bob.ok("logout")
     login(bob, "carol")
     assert bob.ok("show_downloads") == []
@@ -149,8 +151,7 @@ def test_a_download_resumed_while_nobody_shares_the_file_waits_for_them(
         one_tracker: Cluster, tmp_path: Path) -> None:
     cl, data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob", "carol"])
     alice, bob, carol = cl["alice"], cl["bob"], cl["carol"]
-    bob.ok(f"download_file g f.bin {dest}")
-    partway(bob)
+    started(bob, dest)
     bob.ok("logout")
     alice.ok("logout")
     assert carol.ok("list_files g") == []  # the tracker knows no f.bin now
@@ -168,8 +169,7 @@ def test_a_resume_whose_destination_was_taken_leaves_nothing_behind(
         one_tracker: Cluster, tmp_path: Path) -> None:
     cl, _data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
     bob = cl["bob"]
-    bob.ok(f"download_file g f.bin {dest}")
-    partway(bob)
+    started(bob, dest)
     bob.ok("logout")
     (dest / "f.bin").write_bytes(b"the user's own")
     assert login(bob, "bob", create=False)["resumed"] == []
@@ -182,8 +182,7 @@ def test_a_resume_that_cannot_clean_up_still_logs_in(one_tracker: Cluster,
                                                      tmp_path: Path) -> None:
     cl, _data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
     bob = cl["bob"]
-    bob.ok(f"download_file g f.bin {dest}")
-    partway(bob)
+    started(bob, dest)
     bob.ok("logout")
     (dest / "f.bin").write_bytes(b"the user's own")
     (dest / ".f.bin.part").unlink()
