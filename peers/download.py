@@ -425,6 +425,9 @@ class Download:
                     self._drop(link, picker, "sent bad pieces", 3600)
             return
         partial.commit(index, checked.view)
+        # Counted before anyone hears of it, so what a peer is told never runs ahead of
+        # what show_downloads says.
+        self._have += 1
         self._trust.good(addr)
         now = time.monotonic()
         self.sources[addr] = self.sources.get(addr, 0) + 1
@@ -433,7 +436,6 @@ class Download:
             self._rate_window.popleft()
         for other in picker.received(addr, index):
             self._cancel(self._links.get(other), index)
-        self._have += 1
         if not self.sharing:
             return
         if not self._shared:
