@@ -372,7 +372,7 @@ class Download:
             if reply.index is None or reply.code == "not_shared":
                 # Refused outright, or the peer stopped sharing the file: asking it again
                 # at once would only spin; try it later if the tracker still lists it.
-                soon = reply.code in ("not_shared", "no_tracker")
+                soon = reply.code in ("not_shared", "no_tracker", "busy")
                 retry = RETRY_PEER_AFTER if soon else 10 * RETRY_PEER_AFTER
                 self._drop(link, picker, f"refused: {reply.error}", retry)
                 return False

@@ -3,18 +3,20 @@
 A downloader opens a file with Hello (user + the ticket the tracker issued it for
 the group and this peer, and the file's SHA1, which must be the one shared here);
 the ticket is checked with a tracker, which accepts only a ticket issued for this
-peer's own address (one shown to another peer is worthless here), and cached
-briefly, and checked again by a Get once the cache has expired, so a user who
-left the group loses an open connection too.  Only then are its Get requests
-served, in order, as the upload limit allows; a Cancel withdraws one still
-queued, and a downloader found gone (its connection closed) loses all its queued
-requests.
+peer's own address (one shown to another peer is worthless here).  The answer is
+cached briefly and asked for again while the connection is in use, so a user who
+left the group loses an open connection too (see ticket_checks: the asking never
+holds up the pieces going to others).  Its Get requests are served in order as
+the upload limit allows, each only while its ticket is trusted; a Cancel
+withdraws one still queued, and a downloader found gone (its connection closed)
+loses all its queued requests.
 Pieces verified later are pushed to it as Have notices.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -23,14 +25,14 @@ from typing import Any
 
 import zmq
 
-from p2p.errors import LocalError, ProtocolError
+from p2p.errors import LocalError
 from p2p.messages import piece as msg
 from p2p.pieces import piece_range
 from peers.shares import Key, ShareRegistry, Source
+from peers.ticket_checks import Credentials, TicketCache, TicketCheck, TicketChecker
 
 log = logging.getLogger(__name__)
 
-TICKET_CACHE_SECONDS = 5.0  # how long a user who left the group can still get pieces
 MAX_DOWNLOADERS = 1024  # remembered downloader connections (LRU)
 # Pieces announced within this long reach each downloader in one Have message.
 # A fast download verifies hundreds of pieces a second; telling its peers every
@@ -39,10 +41,9 @@ NEWS_DELAY = 0.1
 # Pieces kept after serving them (8 MiB): downloaders of one file tend to ask
 # for the same pieces at about the same time.
 RECENT_PIECES = 16
-
-# (user, group, ticket) -> valid; ProtocolError when no tracker can tell
-TicketCheck = Callable[[str, str, str], bool]
-Credentials = tuple[str, str, str]  # (user, group, ticket) a file was opened with
+# Tickets being asked about at once; past this a new one is told to come back soon
+# (each costs a tracker call, and a stranger can make up any number of them).
+MAX_ASKING = 256
 
 
 class TokenBucket:
@@ -85,7 +86,11 @@ class PieceServer:
         self._news: list[tuple[Key, int]] = []  # announced, not yet told (under _news_lock)
         self._news_lock = threading.Lock()
         self._tell_at: float | None = None
-        self._tickets: dict[Credentials, float] = {}
+        self._tickets = TicketCache()
+        self._checker = TicketChecker(
+            lambda user, group, ticket: self._check_ticket(user, group, ticket), self._wake)
+        # hellos waiting for a tracker's answer, by the credentials they came with
+        self._waiting: dict[Credentials, dict[tuple[bytes, Key], msg.Hello]] = {}
         self._watched: set[Key] = set()  # files some downloader opened (read by announce)
         # identity -> files it opened, with the credentials each Get is checked against;
         # LRU so a flood of connections stays bounded
@@ -99,10 +104,12 @@ class PieceServer:
         self._local = threading.local()
 
     def start(self) -> None:
+        self._checker.start()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._checker.stop()
         self._thread.join(5)
 
     def announce(self, key: Key, index: int) -> None:
@@ -113,13 +120,19 @@ class PieceServer:
             self._news.append((key, index))
             if len(self._news) > 1:
                 return  # the server thread was woken for the first and tells them all
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake the server thread (from any thread) to look at news and tickets."""
         push = getattr(self._local, "push", None)
         if push is None:
             push = self._context.socket(zmq.PUSH)
             push.setsockopt(zmq.LINGER, 0)
             push.connect(self._notices_addr)
             self._local.push = push
-        push.send(b"")
+        # Again: a thousand wakes are pending, or the server is gone; either way enough.
+        with contextlib.suppress(zmq.Again):
+            push.send(b"", zmq.NOBLOCK)
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -134,8 +147,9 @@ class PieceServer:
                 now = time.monotonic()
                 if self._notices in ready:
                     self._drain(self._notices, lambda _frames: None)
-                    if self._tell_at is None:
+                    if self._news and self._tell_at is None:
                         self._tell_at = now + NEWS_DELAY
+                    self._take_answers(now)
                 if self._sock in ready:
                     self._drain(self._sock, self._on_request)
                 if self._tell_at is not None and now >= self._tell_at:
@@ -205,15 +219,24 @@ class PieceServer:
             # flood of hellos cannot keep this thread waiting on a tracker.
             self._refuse(ident, hello.name, "not_shared", f"{hello.name} is not shared here")
             return
-        try:
-            member = self._ticket_ok(hello.user, hello.group, hello.ticket)
-        except ProtocolError as exc:  # no tracker to ask: the downloader tries again soon
-            self._refuse(ident, hello.name, "no_tracker", f"cannot check the ticket now: {exc}")
+        credentials = (hello.user, hello.group, hello.ticket)
+        if self._tickets.valid(credentials, time.monotonic()):
+            self._open(ident, hello)
             return
-        if not member:
-            log.warning("refused %s: not a member of %s", hello.user, hello.group)
-            self._refuse(ident, hello.name, "not_member",
-                         f"{hello.user} may not download from group {hello.group}")
+        new_ticket = credentials not in self._tickets.asking
+        if ((new_ticket and len(self._tickets.asking) >= MAX_ASKING)
+                or sum(map(len, self._waiting.values())) >= MAX_DOWNLOADERS):
+            self._refuse(ident, hello.name, "busy", "too many tickets to check: try again soon")
+            return
+        self._waiting.setdefault(credentials, {})[(ident, key)] = hello
+        self._ask(credentials)
+
+    def _open(self, ident: bytes, hello: msg.Hello) -> None:
+        """Serve ``hello``'s file to ``ident`` (its ticket is good): send what is here."""
+        key = (hello.group, hello.name)
+        source = self.registry.get(key)
+        if source is None or hello.sha1 != source.sha1:  # stopped sharing while we asked
+            self._refuse(ident, hello.name, "not_shared", f"{hello.name} is not shared here")
             return
         self._opened.setdefault(ident, {})[key] = (hello.user, hello.group, hello.ticket)
         self._watched.add(key)
@@ -222,18 +245,55 @@ class PieceServer:
             self._opened.popitem(last=False)
         self._send(ident, msg.bitfield_frame(hello.name, source.have().to_bytes()))
 
-    def _ticket_ok(self, user: str, group: str, ticket: str) -> bool:
-        """Whether the ticket is valid; a yes is trusted for TICKET_CACHE_SECONDS."""
-        now = time.monotonic()
-        key = (user, group, ticket)
-        if self._tickets.get(key, 0.0) > now:
-            return True
-        if not self._check_ticket(user, group, ticket):
-            return False
-        if len(self._tickets) > 4096:
-            self._tickets = {k: t for k, t in self._tickets.items() if t > now}
-        self._tickets[key] = now + TICKET_CACHE_SECONDS
-        return True
+    def _ask(self, credentials: Credentials) -> None:
+        if credentials not in self._tickets.asking:
+            self._tickets.asking.add(credentials)
+            self._checker.ask(credentials)
+
+    def _take_answers(self, now: float) -> None:
+        """Act on what a tracker said about tickets: open the hellos that waited for
+        it, and withdraw every opening a refused ticket made."""
+        for credentials, verdict in self._checker.answers():
+            openings = [(ident, key) for ident, opened in self._opened.items()
+                        for key, c in opened.items() if c == credentials]
+            trusted = self._tickets.answered(credentials, verdict, now, bool(openings))
+            hellos = self._waiting.pop(credentials, {})
+            user, group, _ticket = credentials
+            if verdict is None:
+                for (ident, _key), hello in hellos.items():  # the downloader tries again soon
+                    self._refuse(ident, hello.name, "no_tracker",
+                                 "cannot check the ticket now: no tracker answered")
+                if openings:  # vouched for before: served on rather than all cut at once
+                    log.warning("serving %s on without a tracker to re-check", user)
+                continue
+            if trusted:
+                for (ident, _key), hello in hellos.items():
+                    self._open(ident, hello)
+                continue
+            if hellos:
+                log.warning("refused %s: not a member of %s", user, group)
+            for (ident, _key), hello in hellos.items():
+                self._refuse(ident, hello.name, "not_member",
+                             f"{user} may not download from group {group}")
+            for ident, key in openings:
+                self._withdraw(ident, key, credentials)
+
+    def _withdraw(self, ident: bytes, key: Key, credentials: Credentials) -> None:
+        """Close ``ident``'s opening of ``key``: its ticket was refused."""
+        user, group, _ticket = credentials
+        log.warning("refused %s: no longer a member of %s", user, group)
+        del self._opened[ident][key]  # so its next Gets are refused without asking
+        self._queue = collections.deque(e for e in self._queue if e[:2] != (ident, key))
+        # No index: the opening is withdrawn, not one piece (the downloader drops us).
+        self._refuse(ident, key[1], "not_member",
+                     f"{user} may no longer download from group {group}")
+
+    def _trusted(self, credentials: Credentials, now: float) -> bool:
+        """Whether pieces may go out under ``credentials`` now; asks a tracker again
+        when the cached yes is about to run out."""
+        if self._tickets.due(credentials, now):
+            self._ask(credentials)
+        return self._tickets.servable(credentials, now)
 
     def _get(self, ident: bytes, get: msg.Get) -> None:
         key = (get.group, get.name)
@@ -241,37 +301,7 @@ class PieceServer:
             self._refuse(ident, get.name, "not_member", "send hello with a valid ticket first",
                          get.index)
             return
-        if self._still_member(ident, key):
-            self._queue.append((ident, key, get.index))
-
-    def _still_member(self, ident: bytes, key: Key) -> bool:
-        """Whether the ticket ``ident`` opened ``key`` with is still good; if not, the
-        opening and its queued requests are withdrawn and the downloader told.
-
-        Cached for TICKET_CACHE_SECONDS, so the tracker is asked at most that often;
-        without it a connection opened by a member would be served after they left.
-        """
-        opened = self._opened.get(ident, {})
-        credentials = opened.get(key)
-        if credentials is None:
-            return False  # withdrawn: left the group, or forgotten among too many downloaders
-        try:
-            if self._ticket_ok(*credentials):
-                return True
-        except ProtocolError as exc:
-            # No tracker answers: a connection a tracker vouched for keeps its pieces
-            # rather than every open download stopping with the trackers.
-            log.warning("cannot re-check the ticket of %s: %s", credentials[0], exc)
-            self._tickets[credentials] = time.monotonic() + TICKET_CACHE_SECONDS
-            return True
-        user, group, _ticket = credentials
-        log.warning("refused %s: no longer a member of %s", user, group)
-        del opened[key]  # so its next Gets are refused without asking the tracker
-        self._queue = collections.deque(e for e in self._queue if e[:2] != (ident, key))
-        # No index: the opening is withdrawn, not one piece (the downloader drops us).
-        self._refuse(ident, key[1], "not_member",
-                     f"{user} may no longer download from group {group}")
-        return False
+        self._queue.append((ident, key, get.index))
 
     def _cancel(self, ident: bytes, cancel: msg.Cancel) -> None:
         """Drop a queued Get of this downloader; one already sent (or unknown) is ignored."""
@@ -296,7 +326,19 @@ class PieceServer:
         return True
 
     def _send_queued(self) -> int:
-        """Serve queued requests as the rate limit allows; returns ms until the next try."""
+        """Serve queued requests as the rate limit allows; returns ms until the next try.
+
+        A request whose ticket is not trusted now (a tracker is being asked) stays
+        queued, in its place, while the others go out.
+        """
+        held: list[tuple[bytes, Key, int]] = []
+        try:
+            return self._send_trusted(held)
+        finally:
+            self._queue.extendleft(reversed(held))
+
+    def _send_trusted(self, held: list[tuple[bytes, Key, int]]) -> int:
+        now = time.monotonic()
         while self._queue:
             ident, key, index = self._queue[0]
             source = self.registry.get(key)
@@ -304,14 +346,19 @@ class PieceServer:
                 self._queue.popleft()
                 self._refuse(ident, key[1], "not_shared", f"{key[1]} is no longer shared", index)
                 continue
+            credentials = self._opened.get(ident, {}).get(key)
+            if credentials is None:  # withdrawn, or forgotten among too many downloaders
+                self._queue.popleft()
+                continue
+            if not self._trusted(credentials, now):
+                held.append(self._queue.popleft())
+                continue
             if self._bucket is not None:  # charged what it sends: the last piece may be short
                 length = piece_range(index, source.size)[1] if source.has(index) else 0
                 delay = self._bucket.delay(length)
                 if delay > 0:
                     return max(1, int(delay * 1000))
             self._queue.popleft()
-            if not self._still_member(ident, key):  # it may have waited for the upload limit
-                continue
             try:
                 data = self._read(source, index)
             except (OSError, ValueError, KeyError, IndexError) as exc:

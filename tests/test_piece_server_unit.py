@@ -9,6 +9,7 @@ server wrongly kept would show up as a piece about a second later.
 from __future__ import annotations
 
 import hashlib
+import threading
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +22,11 @@ from p2p import codec
 from p2p.errors import LocalError
 from p2p.messages import piece as msg
 from p2p.pieces import PIECE_SIZE, Bitfield, piece_count, piece_sha1
-from peers import piece_server
+from peers import piece_server, ticket_checks
 from peers.piece_server import PieceServer
 from peers.shares import ShareRegistry, Source
 from peers.storage import PartialDownload
-from tests.procs import free_port
+from tests.procs import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -177,36 +178,6 @@ def test_a_complete_source_needs_its_sha1(tmp_path: Path) -> None:
         Source(KEY, 1, b"\0" * 20, tmp_path / "f.bin")
 
 
-def test_a_ticket_is_trusted_for_a_few_seconds_only(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [1000.0]
-    monkeypatch.setattr(piece_server, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
-    member = {"bob": True}
-    checks: list[str] = []
-
-    def check(user: str, group: str, ticket: str) -> bool:
-        checks.append(user)
-        return member[user]
-
-    s = Served(tmp_path, limit=None)
-    s.server._check_ticket = check
-    try:
-        assert s.server._ticket_ok("bob", "g", "t1")
-        member["bob"] = False  # bob leaves the group (or logs out)
-        now[0] += 4.0
-        assert s.server._ticket_ok("bob", "g", "t1")  # still cached
-        assert checks == ["bob"]
-        now[0] += piece_server.TICKET_CACHE_SECONDS - 4.0 + 0.01
-        assert not s.server._ticket_ok("bob", "g", "t1")  # asked again, and refused
-        assert checks == ["bob", "bob"]
-        assert not s.server._ticket_ok("bob", "g", "t1")  # a refusal is not cached
-        assert len(checks) == 3
-    finally:
-        s.server.start()  # (stop joins the thread)
-        s.close()
-    assert piece_server.TICKET_CACHE_SECONDS <= 5.0
-
-
 def test_a_recently_served_piece_goes_only_to_shares_that_hold_it(tmp_path: Path) -> None:
     # The same file (same SHA1) shared in another group by a downloader that does not
     # hold piece 0 yet: the copy of piece 0 just served from the first share must not
@@ -291,12 +262,14 @@ def test_an_open_connection_is_cut_once_its_user_left_the_group(
         send(sock, msg.Get(*KEY, 0))
         assert piece_index(sock, 5) == 0
         member["bob"] = False  # bob leaves the group
-        now[0] += piece_server.TICKET_CACHE_SECONDS - 1.0
+        now[0] += ticket_checks.TICKET_CACHE_SECONDS - ticket_checks.REFRESH_AHEAD - 0.5
         send(sock, msg.Get(*KEY, 1))
         assert piece_index(sock, 5) == 1  # the ticket is still cached
+        assert reply(sock, 0.3) is None
         assert checks == ["bob"]
-        now[0] += 1.01  # the cached yes has expired: the next Get asks again
+        now[0] += 1.0  # about to expire: served still, and the tracker asked again
         send(sock, msg.Get(*KEY, 2))
+        assert piece_index(sock, 5) == 2
         refused = reply(sock, 5)
         assert isinstance(refused, msg.Refused) and refused.code == "not_member", refused
         assert refused.index is None  # the opening is withdrawn, not one piece
@@ -306,7 +279,7 @@ def test_an_open_connection_is_cut_once_its_user_left_the_group(
         assert isinstance(refused, msg.Refused) and refused.code == "not_member", refused
         assert checks == ["bob", "bob"]
         assert reply(sock, 0.3) is None
-        assert s.served == 2
+        assert s.served == 3
     finally:
         s.close()
 
@@ -326,13 +299,15 @@ def test_requests_queued_behind_the_upload_limit_are_not_served_once_the_user_le
         reopened = hello(sock, s.sha1)  # answered in order: the Gets before it are queued
         assert isinstance(reopened, msg.Have), reopened
         member["bob"] = False
-        now[0] += piece_server.TICKET_CACHE_SECONDS + 0.01  # room for one more, ticket stale
+        now[0] += ticket_checks.TICKET_CACHE_SECONDS + 0.01  # room for one more, ticket stale
+        # Piece 1 goes out while the tracker is asked again (one round trip), then the no.
+        assert piece_index(sock, 5) == 1
         refused = reply(sock, 5)
         assert isinstance(refused, msg.Refused) and refused.code == "not_member", refused
         assert checks == ["bob", "bob"]
         now[0] += 10.0
         assert reply(sock, 1.5) is None  # 2 and 3 were dropped with the opening
-        assert s.served == 1
+        assert s.served == 2
     finally:
         s.close()
 
@@ -351,7 +326,7 @@ def test_with_no_tracker_to_ask_open_connections_go_on_and_new_ones_retry(
             raise LocalError("no tracker answered within 8 s", "no_tracker")
 
         s.server._check_ticket = no_tracker
-        now[0] += piece_server.TICKET_CACHE_SECONDS + 0.01
+        now[0] += ticket_checks.TICKET_CACHE_SECONDS + 0.01
         send(sock, msg.Get(*KEY, 0))
         assert piece_index(sock, 5) == 0  # vouched for before: still served
         send(sock, msg.Get(*KEY, 1))
@@ -375,7 +350,7 @@ def test_an_open_connection_asks_the_tracker_once_per_cache_period(
     try:
         sock = s.downloader()
         for period in range(1, 3):
-            now[0] += piece_server.TICKET_CACHE_SECONDS + 0.01
+            now[0] += ticket_checks.TICKET_CACHE_SECONDS + 0.01
             for index in range(COUNT):  # many Gets, one check
                 send(sock, msg.Get(*KEY, index))
             assert [piece_index(sock, 5) for _ in range(COUNT)] == list(range(COUNT))
@@ -417,4 +392,91 @@ def test_a_stranger_cannot_tell_what_is_shared_here(tmp_path: Path) -> None:
         assert (refused.code, refused.error) == ("not_member", "eve may not download from group g")
         assert asked == ["eve"] and s.served == 0
     finally:
+        s.close()
+
+
+def _stuck(s: Served, user: str) -> threading.Event:
+    """Make every ticket check of ``user`` hang until the returned event is set (a tracker
+    that does not answer); other users are members."""
+    release = threading.Event()
+
+    def check(who: str, _group: str, _ticket: str) -> bool:
+        if who == user:
+            assert release.wait(20)
+        return True
+
+    s.server._check_ticket = check
+    return release
+
+
+def test_a_ticket_waiting_for_a_tracker_holds_up_no_one_else(tmp_path: Path) -> None:
+    s = Served(tmp_path, limit=None)
+    release = _stuck(s, "carol")
+    s.server.start()
+    try:
+        bob = s.downloader()
+        carol = s.connect()
+        send(carol, msg.Hello(*KEY, s.sha1, "carol", "t"))  # her check hangs
+        for index in range(COUNT):
+            send(bob, msg.Get(*KEY, index))
+        assert [piece_index(bob, 2) for _ in range(COUNT)] == list(range(COUNT))
+        late = s.connect()  # a new hello whose ticket is known good is answered too
+        send(late, msg.Hello(*KEY, s.sha1, "bob", "ticket"))
+        assert isinstance(reply(late, 2), msg.Have)
+        assert reply(carol, 0.2) is None
+        release.set()
+        opened = reply(carol, 5)
+        assert isinstance(opened, msg.Have) and opened.bits is not None, opened
+    finally:
+        release.set()
+        s.close()
+
+
+def test_an_open_connection_is_served_on_while_its_ticket_is_asked_about_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = _fake_clock(monkeypatch)
+    s = Served(tmp_path, limit=None)
+    s.server.start()
+    try:
+        bob = s.downloader()
+        release = threading.Event()
+
+        def slow_no(_user: str, _group: str, _ticket: str) -> bool:
+            assert release.wait(20)
+            return False
+
+        s.server._check_ticket = slow_no
+        now[0] += ticket_checks.TICKET_CACHE_SECONDS + 0.01  # stale; the tracker hangs
+        for index in range(COUNT):
+            send(bob, msg.Get(*KEY, index))
+        assert [piece_index(bob, 2) for _ in range(COUNT)] == list(range(COUNT))
+        release.set()  # and says no: bob left the group
+        refused = reply(bob, 5)
+        assert isinstance(refused, msg.Refused) and refused.code == "not_member", refused
+        send(bob, msg.Get(*KEY, 0))
+        refused = reply(bob, 5)
+        assert isinstance(refused, msg.Refused) and refused.code == "not_member", refused
+        assert s.served == COUNT
+    finally:
+        release.set()
+        s.close()
+
+
+def test_too_many_tickets_waiting_gets_busy(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(piece_server, "MAX_ASKING", 1)
+    s = Served(tmp_path, limit=None)
+    release = _stuck(s, "carol")
+    s.server.start()
+    try:
+        carol, dave = s.connect(), s.connect()
+        send(carol, msg.Hello(*KEY, s.sha1, "carol", "t"))
+        wait_for(lambda: s.server._tickets.asking, 5, "carol's ticket to be asked about")
+        send(dave, msg.Hello(*KEY, s.sha1, "dave", "t"))
+        refused = reply(dave, 5)
+        assert isinstance(refused, msg.Refused) and refused.code == "busy", refused
+        release.set()
+        assert isinstance(reply(carol, 5), msg.Have)
+    finally:
+        release.set()
         s.close()

@@ -1,0 +1,119 @@
+"""What a peer knows about download tickets, and the thread that asks a tracker.
+
+A tracker's yes is trusted for TICKET_CACHE_SECONDS.  While a connection is in use its
+ticket is asked about again REFRESH_AHEAD seconds before that runs out, and served on
+until the answer comes: with a tracker that answers, a user who left is cut before
+the yes runs out; with none (a call gives up after 8 s), open downloads go on.  The
+asking happens on a thread of its own, so a new downloader waiting for its answer
+holds up no one else.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from p2p.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+TICKET_CACHE_SECONDS = 5.0  # how long a user who left the group can still get pieces
+REFRESH_AHEAD = 1.0  # ask again this long before a yes runs out, while it is in use
+MAX_CACHED = 4096  # past this, expired answers are forgotten
+
+Credentials = tuple[str, str, str]  # (user, group, ticket) a file was opened with
+# (user, group, ticket) -> valid; ProtocolError when no tracker can tell
+TicketCheck = Callable[[str, str, str], bool]
+# True: valid; False: refused; None: no tracker could tell
+Verdict = bool | None
+
+
+class TicketCache:
+    """Until when each ticket is trusted, and which are being asked about (no I/O)."""
+
+    def __init__(self) -> None:
+        self._until: dict[Credentials, float] = {}
+        self.asking: set[Credentials] = set()
+
+    def valid(self, credentials: Credentials, now: float) -> bool:
+        """Whether a tracker's yes for ``credentials`` still holds at ``now``."""
+        return self._until.get(credentials, 0.0) > now
+
+    def servable(self, credentials: Credentials, now: float) -> bool:
+        """Whether pieces may go out: a yes that holds, or one that ran out and is
+        being asked about again (a no withdraws it when it comes)."""
+        return self.valid(credentials, now) or (credentials in self.asking
+                                                and credentials in self._until)
+
+    def due(self, credentials: Credentials, now: float) -> bool:
+        """Whether to ask a tracker now: no yes, or one about to run out, and not asked yet."""
+        return (credentials not in self.asking
+                and now >= self._until.get(credentials, 0.0) - REFRESH_AHEAD)
+
+    def answered(self, credentials: Credentials, verdict: Verdict, now: float,
+                 vouched_before: bool) -> bool:
+        """Record a tracker's answer; returns whether the ticket is trusted now.
+
+        With no tracker to tell, a ticket a tracker vouched for before is trusted one
+        period more (open downloads do not all stop with the trackers); a new one is not.
+        A refusal is not cached: the user may join the group again.
+        """
+        self.asking.discard(credentials)
+        if verdict or (verdict is None and vouched_before):
+            if len(self._until) >= MAX_CACHED:
+                self._until = {c: t for c, t in self._until.items()
+                               if t > now or c in self.asking}
+            self._until[credentials] = now + TICKET_CACHE_SECONDS
+            return True
+        self._until.pop(credentials, None)
+        return False
+
+
+class TicketChecker:
+    """Asks ``check`` about tickets, one at a time, on its own thread; ``wake`` is
+    called (on that thread) after each answer, which ``answers`` then hands over."""
+
+    def __init__(self, check: TicketCheck, wake: Callable[[], None]) -> None:
+        self._check, self._wake = check, wake
+        self._asks: queue.SimpleQueue[Credentials | None] = queue.SimpleQueue()
+        self._answers: queue.SimpleQueue[tuple[Credentials, Verdict]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ticket-checks", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to end; one stuck on a tracker ends when the call returns."""
+        self._asks.put(None)
+        self._thread.join(0.5)
+
+    def ask(self, credentials: Credentials) -> None:
+        self._asks.put(credentials)
+
+    def answers(self) -> list[tuple[Credentials, Verdict]]:
+        """The answers that came in since last time."""
+        got = []
+        while True:
+            try:
+                got.append(self._answers.get_nowait())
+            except queue.Empty:
+                return got
+
+    def _run(self) -> None:
+        while (credentials := self._asks.get()) is not None:
+            verdict: Verdict
+            try:
+                verdict = bool(self._check(*credentials))
+            except ProtocolError as exc:
+                log.warning("cannot check the ticket of %s: %s", credentials[0], exc)
+                verdict = None
+            except Exception:  # a bug must not stop every later check
+                log.exception("checking the ticket of %s failed", credentials[0])
+                verdict = None
+            self._answers.put((credentials, verdict))
+            try:
+                self._wake()
+            except Exception:
+                log.exception("could not wake the piece server")
