@@ -3,7 +3,8 @@
 Every request carries (client id, request id); a retry reuses both, so the
 trackers recognise it and it takes effect once, whichever tracker gets it.
 A failover is announced once, when another tracker than the last to answer
-answers: not on every failed attempt, and not at all while none answers.
+answers (or, at first, than the first one listed): not on every failed
+attempt, and not at all while none answers.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class TrackerClient:
         self._on_failover = on_failover
         self._rid = 0
         self._current = 0
-        self._last_answered: int | None = None  # index of the tracker that answered last
+        # index of the tracker that answered last; at first the one a user expects
+        self._last_answered = 0
         self._sock: zmq.Socket[Any] | None = None
         self._awaiting_reply = False  # _sock sent a request and has not read its reply
         # Every exchange holds this: the REPL, ping, download and piece-server threads
@@ -111,7 +113,7 @@ class TrackerClient:
         which tracker now serves them.
         """
         last, self._last_answered = self._last_answered, self._current
-        if self._on_failover is None or last is None or last == self._current:
+        if self._on_failover is None or last == self._current:
             return
         try:
             self._on_failover(self.trackers[last], self.current)

@@ -220,3 +220,14 @@ def test_tracker_client_announces_each_switch_once(tmp_path: Path) -> None:
             assert seen == [(1, 2)]
         finally:
             tracker.close()
+
+
+def test_a_client_started_while_the_first_tracker_is_down_says_so_once(
+        tmp_path: Path) -> None:
+    with cluster(tmp_path, trackers=2) as c:
+        c.tracker(1).kill()
+        alice = c.client()
+        alice.ok("create_user alice pw")
+        alice.ok("login alice pw")
+        assert [(e["from"], e["to"]) for e in failovers(alice)] == [(1, 2)]
+        assert alice.close() == 0
