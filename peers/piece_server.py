@@ -185,8 +185,13 @@ class PieceServer:
         news: dict[Key, list[int]] = {}
         for key, index in announced:
             news.setdefault(key, []).append(index)
+        now = time.monotonic()
         for ident, opened in list(self._opened.items()):  # _send may forget some
             for key in opened.keys() & news.keys():
+                # News is for members too: an idle connection's ticket is asked about
+                # again here, or a user who left would hear of every new piece for good.
+                if not self._trusted(opened[key], now):
+                    continue
                 indices = news[key]
                 for start in range(0, len(indices), msg.MAX_HAVE_INDICES):
                     self._send(ident, msg.have_frame(key[1],

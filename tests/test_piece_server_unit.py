@@ -231,6 +231,30 @@ def test_announced_pieces_reach_a_downloader_once_each_in_few_messages(tmp_path:
         s.close()
 
 
+def test_an_idle_connection_hears_of_new_pieces_only_while_its_user_is_a_member(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = _fake_clock(monkeypatch)
+    monkeypatch.setattr(piece_server, "NEWS_DELAY", 0.0)  # the clock stands still
+    member = {"bob": True}
+    s = Served(tmp_path, limit=None)
+    checks = _members(s, member)
+    s.server.start()
+    try:
+        sock = s.downloader()  # opens the file, then asks for nothing
+        member["bob"] = False
+        now[0] += ticket_checks.TICKET_CACHE_SECONDS + 0.01
+        s.server.announce(KEY, 0)
+        told = reply(sock, 5)  # told while the tracker is asked again; then cut
+        assert isinstance(told, msg.Have) and list(told.indices) == [0], told
+        refused = reply(sock, 5)
+        assert isinstance(refused, msg.Refused) and refused.code == "not_member", refused
+        assert checks == ["bob", "bob"]
+        s.server.announce(KEY, 1)
+        assert reply(sock, 0.5) is None
+    finally:
+        s.close()
+
+
 def _fake_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The server's clock, moved only by the test: ticket expiry happens when we say."""
     now = [1000.0]
