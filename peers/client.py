@@ -367,14 +367,15 @@ class Client:
                         exc_info=True)
                 failing = True
 
-    def close(self) -> None:
-        """Log out if needed and stop background work.
+    def close(self, logout: bool = True) -> None:
+        """Log out (unless told not to) and stop background work.
 
         An error on the way is logged and the rest still runs, so leaving the REPL never
         crashes; KeyboardInterrupt is not caught: Ctrl-C during ``exit`` is the REPL's.
+        Without the logout the tracker ends the session when its pings stop.
         """
         self._stop.set()
-        if self.user is not None:
+        if logout and self.user is not None:
             try:
                 self.logout()
             except ProtocolError as exc:

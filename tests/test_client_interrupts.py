@@ -88,6 +88,28 @@ def test_ctrl_c_while_the_tracker_hangs_leaves_the_client_working(
     assert "Traceback" not in log and "ZMQError" not in log, log
 
 
+def test_ctrl_c_while_exit_waits_for_the_tracker_quits_at_once(
+        short_sessions: Cluster) -> None:
+    c = short_sessions
+    alice = c.client("alice")
+    alice.ok("create_user alice pw")
+    alice.ok("login alice pw")
+    c.tracker(1).signal(signal.SIGSTOP)
+    try:
+        alice.send("exit")
+        wait_for(lambda: waits_in_poll(alice), 12, "exit to wait for the hung tracker")
+        alice.proc.send_signal(signal.SIGINT)
+        answer = alice.answer("exit", timeout=10)
+        assert answer["ok"], answer
+        assert alice.proc.wait(10) == 0
+    finally:
+        c.tracker(1).signal(signal.SIGCONT)
+    assert "quitting without logging out" in alice.log_path.read_text()
+    # The logout already sent takes effect when the tracker wakes, or the session times
+    # out once the pings stop: either way the tracker forgets it.
+    wait_for(lambda: sessions(c) == 0, 15, "the tracker to time the session out")
+
+
 def test_an_exception_mid_exchange_drops_the_req_socket(
         one_tracker: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     """A KeyboardInterrupt after the request is sent must not leave the REQ socket
