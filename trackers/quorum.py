@@ -37,6 +37,7 @@ SILENCE_LIMIT = 2 * HEARTBEAT_INTERVAL
 MAX_WAIT = 1.0
 CATCH_UP_TIMEOUT = 1.0
 STARTUP_GRACE = 0.5  # a starting tracker serves once caught up with its peers, or after this
+#                     (counted again from each catch-up batch that says more is coming)
 
 EventId = tuple[int, int]  # (origin, seq)
 

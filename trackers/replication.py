@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from itertools import islice
@@ -164,7 +165,8 @@ class Replication:
             self._ask(peer, now)
 
     def ready(self, now: float) -> bool:
-        """Caught up with every peer since start, or the peers took too long to answer."""
+        """Caught up with every peer since start, or the peers took too long to answer
+        (a peer still sending batches has not: each one gives it another grace)."""
         return not self._awaiting or now >= self._ready_at
 
     def publish(self, event: Event) -> None:
@@ -340,6 +342,11 @@ class Replication:
         self._on_events(list(message.events), now, source=peer)
         if message.more or lacking(self.store.vector(), self.view.peers[peer].holds):
             self._ask(peer, now)
+        if message.more and peer in self._awaiting:
+            # Its catch-up is under way, only slow (a long log, a loaded machine): serving
+            # now would answer from a state that lacks what it is still sending.  The grace
+            # counts from now, after this batch was applied and the next one asked for.
+            self._ready_at = max(self._ready_at, time.monotonic() + STARTUP_GRACE)
 
     def _on_events(self, events: list[Event], now: float, source: int | None) -> None:
         """Append what extends the log, ack it to its origins, and ask for what is missing."""
