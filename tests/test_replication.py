@@ -321,7 +321,10 @@ def test_status_command_shows_each_tracker(two_trackers: Cluster) -> None:
 # --- sessions ---------------------------------------------------------------------------
 
 def test_session_expiry_counts_pings_heard_by_any_tracker(tmp_path: Path) -> None:
-    with cluster(tmp_path, trackers=2, tracker_args=["--session-timeout", "1.5"]) as c:
+    # alice's pings reach tracker 1 only through tracker 2's heartbeats, about 0.6 s
+    # apart: the timeout leaves room for a tracker stalled a second or two on a busy
+    # machine (with 1.5 s, a 1.4 s stall of tracker 2 logged alice out too).
+    with cluster(tmp_path, trackers=2, tracker_args=["--session-timeout", "3"]) as c:
         alice, bob = Direct(c), Direct(c)
         alice.login(1, "alice")
         bob.login(1, "bob")
@@ -335,7 +338,7 @@ def test_session_expiry_counts_pings_heard_by_any_tracker(tmp_path: Path) -> Non
         pinger.start()
         try:
             # Tracker 1, the lowest-numbered live one, ends bob's silent session only.
-            wait_for(lambda: (status(c, 1) or {}).get("sessions") == 1, 6, "bob's logout")
+            wait_for(lambda: (status(c, 1) or {}).get("sessions") == 1, 12, "bob's logout")
             wait_converged(c)
             assert alice.ok(1, "list_groups") == []
             gone = bob.call(2, "list_groups")
@@ -347,7 +350,7 @@ def test_session_expiry_counts_pings_heard_by_any_tracker(tmp_path: Path) -> Non
         finally:
             stop.set()
             pinger.join(5)
-        wait_for(lambda: (status(c, 2) or {}).get("sessions") == 0, 6, "alice's logout")
+        wait_for(lambda: (status(c, 2) or {}).get("sessions") == 0, 12, "alice's logout")
 
 
 # --- robustness of the tracker-to-tracker port ----------------------------------------------
