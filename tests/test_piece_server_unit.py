@@ -154,6 +154,9 @@ def test_requests_of_a_downloader_that_went_away_are_dropped(served: Served) -> 
     # At most one of a's pieces is tried (and found undeliverable) before b's turn;
     # keeping a's whole queue would make b wait five seconds.
     assert piece_index(b, 3.5) == 3
+    # The server counts a piece just after sending it: a reply to a later request comes
+    # after that count (one thread serves both, in order).
+    assert isinstance(hello(b, served.sha1), msg.Have)
     assert served.served == 2  # nothing counted for a piece that could not be sent
     assert not served.server._queue
 
