@@ -185,7 +185,9 @@ def _kept(client: ClientProc, count: int) -> int:
 def test_killed_downloader_resumes_without_fetching_again(one_tracker: Cluster,
                                                           tmp_path: Path) -> None:
     count = 10
-    alice, bob, data, dest = _stall_after_30_percent(one_tracker, tmp_path, count, 2048)
+    # 2 pieces a second: once bob has 3, the other 7 take alice 3.5 s, time enough for
+    # her logout to land first on a busy machine (at 4 a second it was 1.5 s).
+    alice, bob, data, dest = _stall_after_30_percent(one_tracker, tmp_path, count, 1024)
     frozen = wait_for(lambda: (d := entry(bob, "g", "f.bin"))["waiting"] and d, 20,
                       "bob to notice that nobody has the rest")
     verified = round(frozen["progress"] * count)
