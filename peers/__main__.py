@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     repl_box.append(repl)
     try:
         repl.loop(sys.stdin)
-    except KeyboardInterrupt:
-        client.close()
+    except KeyboardInterrupt:  # between commands, outside the REPL's own handling
+        repl.quit()
     return 0
 
 

@@ -385,7 +385,7 @@ class Client:
         steps: list[tuple[str, Callable[[], None]]] = [
             ("pausing downloads", self.downloads.pause_all),
             ("stopping the piece server", self.server.stop),
-            ("closing the tracker connection", self.tracker.close),
+            ("closing the tracker connection", lambda: self.tracker.close(wait=logout)),
         ]
         for what, step in steps:
             try:

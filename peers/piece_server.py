@@ -149,21 +149,27 @@ class PieceServer:
                     self._drain(self._notices, lambda _frames: None)
                     if self._news and self._tell_at is None:
                         self._tell_at = now + NEWS_DELAY
-                    self._take_answers(now)
+                    self._guarded("act on ticket answers", self._take_answers, now)
                 if self._sock in ready:
                     self._drain(self._sock, self._on_request)
                 if self._tell_at is not None and now >= self._tell_at:
                     self._tell_at = None
-                    try:
-                        self._tell_news()
-                    except Exception:  # never stop serving over a notice
-                        log.exception("could not pass on new pieces")
-                wait = self._send_queued()
+                    self._guarded("pass on new pieces", self._tell_news)
+                wait = self._guarded("send queued pieces", self._send_queued) or 100
                 if self._tell_at is not None:
                     wait = min(wait, max(1, int((self._tell_at - now) * 1000)))
         finally:
             self._sock.close(0)
             self._notices.close(0)
+
+    @staticmethod
+    def _guarded(what: str, step: Callable[..., Any], *args: Any) -> Any:
+        """Run one step of the loop; a bug in it is logged, and serving goes on."""
+        try:
+            return step(*args)
+        except Exception:
+            log.exception("could not %s", what)
+            return None
 
     @staticmethod
     def _drain(sock: zmq.Socket[Any], handler: Callable[[list[bytes]], None]) -> None:
@@ -251,30 +257,29 @@ class PieceServer:
         self._send(ident, msg.bitfield_frame(hello.name, source.have().to_bytes()))
 
     def _ask(self, credentials: Credentials) -> None:
-        if credentials not in self._tickets.asking:
-            self._tickets.asking.add(credentials)
+        if self._tickets.ask(credentials, time.monotonic()):
             self._checker.ask(credentials)
 
     def _take_answers(self, now: float) -> None:
         """Act on what a tracker said about tickets: open the hellos that waited for
         it, and withdraw every opening a refused ticket made."""
         for credentials, verdict in self._checker.answers():
-            openings = [(ident, key) for ident, opened in self._opened.items()
-                        for key, c in opened.items() if c == credentials]
-            trusted = self._tickets.answered(credentials, verdict, now, bool(openings))
+            trusted = self._tickets.answered(credentials, verdict, now)
             hellos = self._waiting.pop(credentials, {})
             user, group, _ticket = credentials
+            if trusted:
+                if verdict is None:  # good when asked: served on rather than cut at once
+                    log.warning("serving %s on without a tracker to re-check", user)
+                for (ident, _key), hello in hellos.items():
+                    self._open(ident, hello)
+                continue
             if verdict is None:
                 for (ident, _key), hello in hellos.items():  # the downloader tries again soon
                     self._refuse(ident, hello.name, "no_tracker",
                                  "cannot check the ticket now: no tracker answered")
-                if openings:  # vouched for before: served on rather than all cut at once
-                    log.warning("serving %s on without a tracker to re-check", user)
                 continue
-            if trusted:
-                for (ident, _key), hello in hellos.items():
-                    self._open(ident, hello)
-                continue
+            openings = [(ident, key) for ident, opened in self._opened.items()
+                        for key, c in opened.items() if c == credentials]
             if hellos:
                 log.warning("refused %s: not a member of %s", user, group)
             for (ident, _key), hello in hellos.items():
@@ -287,7 +292,9 @@ class PieceServer:
         """Close ``ident``'s opening of ``key``: its ticket was refused."""
         user, group, _ticket = credentials
         log.warning("refused %s: no longer a member of %s", user, group)
-        del self._opened[ident][key]  # so its next Gets are refused without asking
+        # So its next Gets are refused without asking.  (An earlier withdrawal may have
+        # found the downloader gone and forgotten it whole.)
+        self._opened.get(ident, {}).pop(key, None)
         self._queue = collections.deque(e for e in self._queue if e[:2] != (ident, key))
         # No index: the opening is withdrawn, not one piece (the downloader drops us).
         self._refuse(ident, key[1], "not_member",

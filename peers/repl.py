@@ -248,7 +248,7 @@ class Repl:
         if name == "exit":
             if args:
                 raise LocalError("usage: exit", "usage")
-            self._quit()
+            self.quit()
             return None
         command = COMMANDS.get(name)
         if command is None:
@@ -301,9 +301,9 @@ class Repl:
                 break
             if not self.execute(line):
                 return
-        self._quit()
+        self.quit()
 
-    def _quit(self) -> None:
+    def quit(self) -> None:
         """Log out and stop; a Ctrl-C while a tracker is slow to take the logout quits
         at once (the user asked to leave twice), rather than back to the prompt."""
         try:
@@ -311,4 +311,7 @@ class Repl:
         except KeyboardInterrupt:
             log.warning("interrupted: quitting without logging out "
                         "(the tracker ends the session when the client's pings stop)")
-            self.client.close(logout=False)
+            try:
+                self.client.close(logout=False)
+            except KeyboardInterrupt:
+                log.warning("interrupted again: quitting now")

@@ -73,9 +73,15 @@ class TrackerClient:
             raise RemoteError(reply.error, reply.code)
         return reply.result
 
-    def close(self) -> None:
-        with self._lock:
+    def close(self, wait: bool = True) -> None:
+        """Close the connection; with ``wait`` False, not if another thread's request
+        holds it (the process is leaving, and that request ends with its timeout)."""
+        if not self._lock.acquire(timeout=-1 if wait else 0.1):
+            return
+        try:
             self._drop_socket()
+        finally:
+            self._lock.release()
 
     def _exchange(self, payload: bytes, rid: int) -> Reply:
         deadline = time.monotonic() + self._give_up_after

@@ -4,7 +4,12 @@ failover notice, not one per attempt."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,10 +17,16 @@ from typing import Any
 import pytest
 import zmq
 
-from p2p.config import load_tracker_info
+from p2p import codec
+from p2p.config import TrackerAddress, load_tracker_info
 from p2p.errors import ProtocolError
+from p2p.messages import piece as msg
+from p2p.pieces import PIECE_SIZE, piece_sha1
 from peers import client as client_module
 from peers.client import Client
+from peers.piece_server import PieceServer
+from peers.repl import Repl
+from peers.shares import Source
 from peers.tracker_client import TrackerClient
 from tests.procs import ClientProc, Cluster, cluster, free_port, wait_for
 from tests.test_replication_kit import wait_converged
@@ -253,3 +264,87 @@ def test_a_client_started_while_the_first_tracker_is_down_says_so_once(
         alice.ok("login alice pw")
         assert [(e["from"], e["to"]) for e in failovers(alice)] == [(1, 2)]
         assert alice.close() == 0
+
+
+# --- Ctrl-C during exit, in-process (no tracker answers; peers wait on ticket checks) --
+
+class Stranded:
+    """A logged-in client whose trackers are gone, sharing one file, with six hellos
+    (six made-up tickets) waiting on ticket checks that hold its tracker connection."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        data = bytes(range(256)) * (PIECE_SIZE // 256)
+        path = tmp_path / "f.bin"
+        path.write_bytes(data)
+        sha1 = hashlib.sha1(data).hexdigest()
+        port = free_port()
+        self.client = Client([TrackerAddress(1, "127.0.0.1", free_port())],  # nobody there
+                             "127.0.0.1", port, tmp_path / "data", give_up_after=3.0)
+        self.client.user, self.client.tracker.token = "alice", "token"
+        self.client.registry.active = True
+        self.client.registry.put(Source(("g", "f.bin"), len(data), piece_sha1(data), path,
+                                        sha1=sha1))
+        self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(f"tcp://127.0.0.1:{port}")
+        for n in range(6):
+            self.sock.send(codec.encode(msg.Hello("g", "f.bin", sha1, "bob", f"t{n}")
+                                        .to_wire()))
+        wait_for(lambda: self.client.server._tickets.asking, 5, "the ticket checks")
+        self.out = io.StringIO()
+        self.repl = Repl(self.client, self.out, io.StringIO(), True)
+
+    def exit(self, interrupts: list[float]) -> tuple[bool, float]:
+        """Type exit, with Ctrl-C ``interrupts`` seconds in; (quit?, seconds taken)."""
+        main = threading.main_thread().ident
+        assert main is not None
+        # A real SIGINT to the main thread, as Ctrl-C sends: it also cuts short a wait
+        # for a lock, which _thread.interrupt_main does not.
+        timers = [threading.Timer(t, signal.pthread_kill, (main, signal.SIGINT))
+                  for t in interrupts]
+        for timer in timers:
+            timer.start()
+        began = time.monotonic()
+        try:
+            quits = not self.repl.execute("exit")
+        finally:
+            for timer in timers:
+                timer.cancel()
+        return quits, time.monotonic() - began
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.client._stop.set()
+        self.client.server.stop()
+
+
+def test_ctrl_c_during_exit_quits_at_once_with_ticket_checks_queued(tmp_path: Path) -> None:
+    stranded = Stranded(tmp_path)
+    try:
+        quits, took = stranded.exit([0.5])
+        assert quits and took < 2.0, took  # not the 3 s a check holds the tracker connection
+        assert json.loads(stranded.out.getvalue())["ok"]
+        # The check under way gives up within its 3 s; none of the other five starts.
+        wait_for(lambda: not stranded.client.server._checker._thread.is_alive(), 8,
+                 "the ticket checks to stop")
+    finally:
+        stranded.close()
+
+
+def test_a_second_ctrl_c_during_exit_still_quits(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    stranded = Stranded(tmp_path)
+    real_stop = PieceServer.stop
+
+    def slow_stop(server: PieceServer) -> None:  # the user presses Ctrl-C again meanwhile
+        time.sleep(1.0)
+        real_stop(server)
+
+    monkeypatch.setattr(PieceServer, "stop", slow_stop)
+    try:
+        quits, took = stranded.exit([0.3, 0.8])
+        assert quits, stranded.out.getvalue()
+        assert json.loads(stranded.out.getvalue())["ok"]
+    finally:
+        monkeypatch.undo()
+        stranded.close()
