@@ -313,9 +313,14 @@ class Stranded:
         return quits, time.monotonic() - began
 
     def close(self) -> None:
+        """Wait for the client's threads too: a tracker call left running would go on
+        drawing from ``random`` (its retry backoff) into the tests after this one."""
         self.sock.close(0)
         self.client._stop.set()
         self.client.server.stop()
+        threads = [self.client._pinger, self.client.server._checker._thread]
+        wait_for(lambda: not any(t.is_alive() for t in threads), 15,
+                 "the client's threads to end")
 
 
 def test_ctrl_c_during_exit_quits_at_once_with_ticket_checks_queued(tmp_path: Path) -> None:
