@@ -59,12 +59,17 @@ def failovers(client: ClientProc) -> list[dict[str, Any]]:
 
 # --- Ctrl-C during a tracker request --------------------------------------------------
 
-def test_ctrl_c_while_the_tracker_hangs_leaves_the_client_working(
-        short_sessions: Cluster) -> None:
-    c = short_sessions
+def logged_in_alice(c: Cluster) -> ClientProc:
     alice = c.client("alice")
     alice.ok("create_user alice pw")
     alice.ok("login alice pw")
+    return alice
+
+
+def test_ctrl_c_while_the_tracker_hangs_leaves_the_client_working(
+        short_sessions: Cluster) -> None:
+    c = short_sessions
+    alice = logged_in_alice(c)
 
     c.tracker(1).signal(signal.SIGSTOP)
     alice.send("list_groups")
@@ -102,9 +107,7 @@ def test_ctrl_c_while_the_tracker_hangs_leaves_the_client_working(
 def test_ctrl_c_while_exit_waits_for_the_tracker_quits_at_once(
         short_sessions: Cluster) -> None:
     c = short_sessions
-    alice = c.client("alice")
-    alice.ok("create_user alice pw")
-    alice.ok("login alice pw")
+    alice = logged_in_alice(c)
     c.tracker(1).signal(signal.SIGSTOP)
     try:
         alice.send("exit")
@@ -259,9 +262,7 @@ def test_a_client_started_while_the_first_tracker_is_down_says_so_once(
         tmp_path: Path) -> None:
     with cluster(tmp_path, trackers=2) as c:
         c.tracker(1).kill()
-        alice = c.client()
-        alice.ok("create_user alice pw")
-        alice.ok("login alice pw")
+        alice = logged_in_alice(c)
         assert [(e["from"], e["to"]) for e in failovers(alice)] == [(1, 2)]
         assert alice.close() == 0
 
