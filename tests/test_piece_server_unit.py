@@ -234,28 +234,6 @@ def test_announced_pieces_reach_a_downloader_once_each_in_few_messages(tmp_path:
         s.close()
 
 
-def test_an_idle_connection_hears_of_new_pieces_only_while_its_user_is_a_member(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    now = _fake_clock(monkeypatch)
-    monkeypatch.setattr(piece_server, "NEWS_DELAY", 0.0)  # the clock stands still
-    member = {"bob": True}
-    s = Served(tmp_path, limit=None)
-    checks = _members(s, member)
-    s.server.start()
-    try:
-        sock = s.downloader()  # opens the file, then asks for nothing
-        member["bob"] = False
-        now[0] += ticket_checks.TICKET_CACHE_SECONDS + 0.01
-        s.server.announce(KEY, 0)  # not told: its yes ran out; asked again, and cut
-        refused = reply(sock, 5)
-        assert isinstance(refused, msg.Refused) and refused.code == "not_member", refused
-        assert checks == ["bob", "bob"]
-        s.server.announce(KEY, 1)
-        assert reply(sock, 0.5) is None
-    finally:
-        s.close()
-
-
 def _fake_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The server's clock, moved only by the test: ticket expiry happens when we say."""
     now = [1000.0]
@@ -275,13 +253,40 @@ def _members(s: Served, member: dict[str, bool]) -> list[str]:
     return checks
 
 
-def test_an_open_connection_is_cut_once_its_user_left_the_group(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _asking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, member: dict[str, bool],
+            limit: float | None = None) -> tuple[list[float], Served, list[str]]:
+    """A started server on the fake clock whose tickets ``member`` vouches for: its
+    clock, itself, and the users it asked about."""
     now = _fake_clock(monkeypatch)
-    member = {"bob": True}
-    s = Served(tmp_path, limit=None)
+    s = Served(tmp_path, limit=limit)
     checks = _members(s, member)
     s.server.start()
+    return now, s, checks
+
+
+def test_an_idle_connection_hears_of_new_pieces_only_while_its_user_is_a_member(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(piece_server, "NEWS_DELAY", 0.0)  # the clock stands still
+    member = {"bob": True}
+    now, s, checks = _asking(tmp_path, monkeypatch, member)
+    try:
+        sock = s.downloader()  # opens the file, then asks for nothing
+        member["bob"] = False
+        now[0] += ticket_checks.TICKET_CACHE_SECONDS + 0.01
+        s.server.announce(KEY, 0)  # not told: its yes ran out; asked again, and cut
+        refused = reply(sock, 5)
+        assert isinstance(refused, msg.Refused) and refused.code == "not_member", refused
+        assert checks == ["bob", "bob"]
+        s.server.announce(KEY, 1)
+        assert reply(sock, 0.5) is None
+    finally:
+        s.close()
+
+
+def test_an_open_connection_is_cut_once_its_user_left_the_group(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    member = {"bob": True}
+    now, s, checks = _asking(tmp_path, monkeypatch, member)
     try:
         sock = s.downloader()
         send(sock, msg.Get(*KEY, 0))
@@ -311,11 +316,9 @@ def test_an_open_connection_is_cut_once_its_user_left_the_group(
 
 def test_requests_queued_behind_the_upload_limit_are_not_served_once_the_user_left(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    now = _fake_clock(monkeypatch)  # frozen: the upload limit refills only when we say
     member = {"bob": True}
-    s = Served(tmp_path)  # one piece a second
-    checks = _members(s, member)
-    s.server.start()
+    # One piece a second, on a frozen clock: the upload limit refills only when we say.
+    now, s, checks = _asking(tmp_path, monkeypatch, member, limit=PIECE_SIZE)
     try:
         sock = s.downloader()
         for index in range(4):
@@ -337,10 +340,7 @@ def test_requests_queued_behind_the_upload_limit_are_not_served_once_the_user_le
 
 def test_with_no_tracker_to_ask_open_connections_go_on_and_new_ones_retry(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    now = _fake_clock(monkeypatch)
-    s = Served(tmp_path, limit=None)
-    checks = _members(s, {"bob": True})
-    s.server.start()
+    now, s, checks = _asking(tmp_path, monkeypatch, {"bob": True})
     try:
         sock = s.downloader()
 
@@ -378,10 +378,7 @@ def test_with_no_tracker_to_ask_open_connections_go_on_and_new_ones_retry(
 
 def test_an_open_connection_asks_the_tracker_once_per_cache_period(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    now = _fake_clock(monkeypatch)
-    s = Served(tmp_path, limit=None)
-    checks = _members(s, {"bob": True})
-    s.server.start()
+    now, s, checks = _asking(tmp_path, monkeypatch, {"bob": True})
     try:
         sock = s.downloader()
         for period in range(1, 3):
