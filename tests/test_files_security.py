@@ -24,7 +24,7 @@ from tests.files_support import (
     pieces,
     served,
 )
-from tests.procs import Cluster, free_port, wait_for
+from tests.procs import ClientProc, Cluster, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -245,12 +245,18 @@ def test_whole_file_mismatch_fails_and_leaves_nothing(one_tracker: Cluster,
         alice.close()
 
 
+def _alice_shares_one_piece(cluster: Cluster, tmp_path: Path
+                            ) -> tuple[dict[str, ClientProc], str]:
+    """alice and bob in group g, alice sharing a one-piece f.bin: the clients and its SHA1."""
+    cl = group_of(cluster, ["alice", "bob"])
+    make_file(tmp_path / "src" / "f.bin", pieces(1))
+    return cl, cl["alice"].ok(f"upload_file {tmp_path / 'src' / 'f.bin'} g")["sha1"]
+
+
 def test_a_stranger_cannot_probe_a_peer_for_files_or_their_sha1(one_tracker: Cluster,
                                                                  tmp_path: Path) -> None:
-    cl = group_of(one_tracker, ["alice", "bob"])
+    cl, sha1 = _alice_shares_one_piece(one_tracker, tmp_path)
     alice = cl["alice"]
-    make_file(tmp_path / "src" / "f.bin", pieces(1))
-    sha1 = alice.ok(f"upload_file {tmp_path / 'src' / 'f.bin'} g")["sha1"]
     probe = Probe(alice)
     bob = Session(one_tracker, "bob")
     g_ticket = bob.ticket("g", "f.bin", alice)
@@ -272,10 +278,8 @@ def test_a_stranger_cannot_probe_a_peer_for_files_or_their_sha1(one_tracker: Clu
 
 def test_an_open_connection_is_cut_after_its_user_leaves(one_tracker: Cluster,
                                                          tmp_path: Path) -> None:
-    cl = group_of(one_tracker, ["alice", "bob"])
+    cl, sha1 = _alice_shares_one_piece(one_tracker, tmp_path)
     alice = cl["alice"]
-    make_file(tmp_path / "src" / "f.bin", pieces(1))
-    sha1 = alice.ok(f"upload_file {tmp_path / 'src' / 'f.bin'} g")["sha1"]
     bob = Session(one_tracker, "bob")
     probe = Probe(alice)
     have = probe.hello("g", "f.bin", sha1, "bob", bob.ticket("g", "f.bin", alice))
