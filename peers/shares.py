@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from p2p.pieces import Bitfield, piece_count, piece_range, piece_sha1
-from peers.storage import PartialDownload
+from peers.storage import PartialDownload, replace_json
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,4 @@ class ShareRegistry:
                 self._save(kept)
 
     def _save(self, entries: list[SavedShare]) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"shares": [asdict(s) for s in entries]}, indent=1))
-        os.replace(tmp, self._path)
+        replace_json(self._path, {"shares": [asdict(s) for s in entries]}, indent=1)

@@ -76,6 +76,15 @@ def _remove_record(resume_path: Path) -> None:
     _unlink(resume_path.with_name(resume_path.name + ".tmp"))
 
 
+def replace_json(path: Path, data: Any, indent: int | None = None) -> None:
+    """Write ``data`` to ``path`` as JSON through a temporary file beside it, so a
+    reader finds the old content or the new, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=indent))
+    os.replace(tmp, path)
+
+
 def _pread_exact(fd: int, buf: memoryview, offset: int) -> None:
     """Fill ``buf`` from ``fd`` at ``offset``; OSError if the file is too short."""
     done = 0

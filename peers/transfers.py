@@ -17,7 +17,7 @@ from typing import Any
 from p2p.errors import LocalError, ProtocolError
 from p2p.messages.tracker import check_file_name, check_id
 from peers.download import Download, Host
-from peers.storage import PartialDownload
+from peers.storage import PartialDownload, replace_json
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,8 @@ class Downloads:
         return resume.with_suffix(".file")
 
     def _save_file(self, resume: Path, info: dict[str, Any]) -> None:
-        path = self._file_path(resume)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"size": info["size"], "sha1": info["sha1"],
-                                   "pieces": bytes(info["pieces"]).hex()}))
-        os.replace(tmp, path)
+        replace_json(self._file_path(resume), {"size": info["size"], "sha1": info["sha1"],
+                                               "pieces": bytes(info["pieces"]).hex()})
 
     def _saved_file(self, resume: Path) -> dict[str, Any] | None:
         try:
@@ -217,7 +214,4 @@ class Downloads:
 
     def _write(self, entries: list[dict[str, Any]]) -> None:
         """Replace downloads.json; callers hold ``_file_lock``."""
-        self._data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._record.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"downloads": entries}, indent=1))
-        os.replace(tmp, self._record)
+        replace_json(self._record, {"downloads": entries}, indent=1)
