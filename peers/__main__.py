@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from p2p.errors import LocalError
     from peers.client import Client
+    from peers.malloc_tuning import tune_for_pieces
     from peers.repl import Repl
+
+    tune_for_pieces()  # before any thread that moves pieces starts
 
     data_dir = args.data_dir or Path("p2p-data") / f"client-{host}-{port}"
     repl_box: list[Repl] = []

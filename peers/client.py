@@ -23,6 +23,7 @@ from p2p.errors import LocalError, ProtocolError
 from p2p.messages.tracker import check_file_name
 from p2p.pieces import hash_file
 from peers.download import Download
+from peers.malloc_tuning import release_free_memory
 from peers.piece_server import PieceServer
 from peers.shares import Key, SavedShare, ShareRegistry, Source, trusted_mtime
 from peers.tracker_client import TrackerClient
@@ -280,6 +281,8 @@ class Client:
     def ended(self, download: Download) -> None:
         """A download completed or failed: share the complete file, tell the user."""
         self.downloads.finished(download)
+        if not any(d.running for d in self.downloads.all() if d is not download):
+            release_free_memory()  # what the allocator kept for pieces in flight
         if download.state != "complete":
             self.registry.remove(download.key)
             try:  # its verified pieces were discarded: stop advertising them
