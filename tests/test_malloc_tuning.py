@@ -21,22 +21,20 @@ pytestmark = [
     pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the settings are glibc's"),
 ]
 
-# Helpers for the child: anonymous mappings of at least a piece (a malloc that got a
-# mapping of its own), and the resident set size.
+# Helpers for the child: whether an object lies in the main heap (a malloc served by
+# the arena, not by a mapping of its own), and the resident set size.
 _PRELUDE = """
 import ctypes, sys
 sys.path.insert(0, {root!r})
 from peers import malloc_tuning
 PIECE = 512 * 1024
 
-def own_mappings():
-    found = set()
+def in_heap(obj):
     for line in open("/proc/self/maps"):
-        fields = line.split()
-        start, end = (int(x, 16) for x in fields[0].split("-"))
-        if len(fields) == 5 and end - start >= PIECE:  # anonymous, not [heap] or a file
-            found.add(fields[0])
-    return found
+        if line.rstrip().endswith("[heap]"):
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            return start <= id(obj) < end
+    return False
 
 def rss_kib():
     for line in open("/proc/self/status"):
@@ -57,16 +55,14 @@ def test_a_piece_comes_from_the_heap_once_tuned() -> None:
     out = _run("""
         libc = ctypes.CDLL(None)
         libc.mallopt(-3, 128 * 1024)  # glibc's starting threshold, whatever ran before
-        before = own_mappings()
         piece = bytes(PIECE)
-        untuned = len(own_mappings() - before)
+        untuned = in_heap(piece)
         del piece
         assert malloc_tuning.tune_for_pieces()
-        before = own_mappings()
         piece = bytes(PIECE)
-        print(untuned, len(own_mappings() - before))
+        print(untuned, in_heap(piece))
     """)
-    assert out == "1 0"  # a mapping of its own before, none after
+    assert out == "False True"  # a mapping of its own before, the heap after
 
 
 def test_free_pieces_are_kept_then_given_back() -> None:
