@@ -20,12 +20,13 @@ import zmq
 
 from p2p.config import TrackerAddress
 from p2p.errors import LocalError, ProtocolError
-from p2p.messages.tracker import check_file_name
+from p2p.messages.tracker import check_file_name, check_id
 from p2p.pieces import hash_file
 from peers.download import Download
 from peers.malloc_tuning import release_free_memory
 from peers.piece_server import PieceServer
 from peers.shares import Key, SavedShare, ShareRegistry, Source, trusted_mtime
+from peers.ticket_checks import Credentials
 from peers.tracker_client import TrackerClient
 from peers.transfers import Downloads
 
@@ -34,6 +35,16 @@ log = logging.getLogger(__name__)
 PING_INTERVAL = 2.0  # trackers log out a client silent for 10 s
 
 Notify = Callable[[str, dict[str, Any]], None]
+
+
+def _well_formed(user: str, group: str) -> bool:
+    """Whether a tracker would take these as a user id and a group id."""
+    try:
+        check_id(user, "user id")
+        check_id(group, "group id")
+    except LocalError:
+        return False
+    return True
 
 
 class Client:
@@ -58,7 +69,7 @@ class Client:
         self.registry = ShareRegistry(data_dir)
         self.downloads = Downloads(data_dir, self)
         try:
-            self.server = PieceServer(host, port, self.registry, self._check_ticket,
+            self.server = PieceServer(host, port, self.registry, self._check_tickets,
                                       upload_limit=upload_limit)
         except zmq.ZMQError as exc:
             raise LocalError(f"cannot listen on {self.peer_addr}: {exc}", "io_error") from None
@@ -322,11 +333,36 @@ class Client:
             except ProtocolError as exc:
                 log.info("could not announce completion of %s: %s", download.name, exc)
 
-    def _check_ticket(self, user: str, group: str, ticket: str) -> bool:
-        """Whether a tracker vouches for the ticket; LocalError ``no_tracker`` if none
-        answered (not knowing is not a no: the piece server decides what it means)."""
+    def _check_tickets(self, asked: list[Credentials]) -> list[bool]:
+        """Whether a tracker vouches for each ticket, in order; ProtocolError
+        ``no_tracker`` if none answered (not knowing is not a no: the piece server
+        decides what it means)."""
         if self.user is None:
-            return False
+            return [False] * len(asked)
+        # Ids a tracker would refuse as malformed are refused here: one of them in a
+        # call would fail the whole call.
+        verdicts = [_well_formed(user, group) for user, group, _ticket in asked]
+        well_formed = [c for c, ok in zip(asked, verdicts, strict=True) if ok]
+        if not well_formed:
+            return verdicts
+        try:
+            said = self.tracker.call("check_tickets", {"tickets": [
+                {"user": user, "group": group, "ticket": ticket}
+                for user, group, ticket in well_formed]})
+        except ProtocolError as exc:
+            if exc.code == "no_tracker":
+                raise
+            # A tracker from before check_tickets, or one that takes this call amiss:
+            # one call per ticket says which ones are good.
+            log.info("checking %d tickets at once failed (%s): one by one", len(well_formed),
+                     exc)
+            said = [self._check_ticket(*c) for c in well_formed]
+        if not isinstance(said, list) or len(said) != len(well_formed):
+            raise ProtocolError("a tracker gave a malformed answer to check_tickets")
+        answers = iter(said)
+        return [ok and next(answers) is True for ok in verdicts]
+
+    def _check_ticket(self, user: str, group: str, ticket: str) -> bool:
         try:
             self.tracker.call("check_ticket", {"user": user, "group": group, "ticket": ticket})
         except ProtocolError as exc:

@@ -29,7 +29,7 @@ from p2p.errors import LocalError
 from p2p.messages import piece as msg
 from p2p.pieces import piece_range
 from peers.shares import Key, ShareRegistry, Source
-from peers.ticket_checks import Credentials, TicketCache, TicketCheck, TicketChecker
+from peers.ticket_checks import Credentials, TicketCache, TicketChecker, TicketsCheck
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,11 @@ class TokenBucket:
 class PieceServer:
     """Serves this client's shared pieces on ``host:port`` from its own thread."""
 
-    def __init__(self, host: str, port: int, registry: ShareRegistry, check_ticket: TicketCheck,
+    def __init__(self, host: str, port: int, registry: ShareRegistry, check_tickets: TicketsCheck,
                  *, upload_limit: float | None = None,
                  context: zmq.Context[Any] | None = None) -> None:
         self.registry = registry
-        self._check_ticket = check_ticket
+        self._check_tickets = check_tickets
         self._context = context or zmq.Context.instance()
         self._bucket = TokenBucket(upload_limit) if upload_limit else None
         self._sock = self._context.socket(zmq.ROUTER)
@@ -87,8 +87,7 @@ class PieceServer:
         self._news_lock = threading.Lock()
         self._tell_at: float | None = None
         self._tickets = TicketCache()
-        self._checker = TicketChecker(
-            lambda user, group, ticket: self._check_ticket(user, group, ticket), self._wake)
+        self._checker = TicketChecker(lambda asked: self._check_tickets(asked), self._wake)
         # hellos waiting for a tracker's answer, by the credentials they came with
         self._waiting: dict[Credentials, dict[tuple[bytes, Key], msg.Hello]] = {}
         self._watched: set[Key] = set()  # files some downloader opened (read by announce)

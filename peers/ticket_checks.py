@@ -7,7 +7,8 @@ the yes runs out; with none (a call gives up after 8 s), a ticket that was still
 when asked about counts as good one period more, so open downloads go on.  A ticket
 whose yes ran out unused gets nothing until a tracker says yes again.  The asking
 happens on a thread of its own, so a new downloader waiting for its answer holds up
-no one else.
+no one else, and the tickets that queue up while one call is out go in the next call
+together, so a flood of made-up tickets delays a real one by a few round trips at most.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import threading
 from collections.abc import Callable
 
 from p2p.errors import ProtocolError
+from p2p.messages.tracker import MAX_TICKETS_PER_CHECK
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +31,8 @@ MAX_CACHED = 4096  # past this, expired answers are forgotten
 RETRY_UNANSWERED = 2.0
 
 Credentials = tuple[str, str, str]  # (user, group, ticket) a file was opened with
-# (user, group, ticket) -> valid; ProtocolError when no tracker can tell
-TicketCheck = Callable[[str, str, str], bool]
+# tickets -> whether each is valid, in order; ProtocolError when no tracker can tell
+TicketsCheck = Callable[[list[Credentials]], list[bool]]
 # True: valid; False: refused; None: no tracker could tell
 Verdict = bool | None
 
@@ -94,10 +96,11 @@ class TicketCache:
 
 
 class TicketChecker:
-    """Asks ``check`` about tickets, one at a time, on its own thread; ``wake`` is
-    called (on that thread) after each answer, which ``answers`` then hands over."""
+    """Asks ``check`` about tickets, up to MAX_TICKETS_PER_CHECK at a time, on its own
+    thread; ``wake`` is called (on that thread) after each call, and ``answers`` then
+    hands the verdicts over."""
 
-    def __init__(self, check: TicketCheck, wake: Callable[[], None]) -> None:
+    def __init__(self, check: TicketsCheck, wake: Callable[[], None]) -> None:
         self._check, self._wake = check, wake
         self._asks: queue.SimpleQueue[Credentials | None] = queue.SimpleQueue()
         self._answers: queue.SimpleQueue[tuple[Credentials, Verdict]] = queue.SimpleQueue()
@@ -126,20 +129,40 @@ class TicketChecker:
                 return got
 
     def _run(self) -> None:
-        while (credentials := self._asks.get()) is not None:
+        while (first := self._asks.get()) is not None:
+            batch, last = self._more([first])
             if self._stopped.is_set():  # the rest of the queue is for nobody
                 return
-            verdict: Verdict
-            try:
-                verdict = bool(self._check(*credentials))
-            except ProtocolError as exc:
-                log.warning("cannot check the ticket of %s: %s", credentials[0], exc)
-                verdict = None
-            except Exception:  # a bug must not stop every later check
-                log.exception("checking the ticket of %s failed", credentials[0])
-                verdict = None
-            self._answers.put((credentials, verdict))
+            for answer in zip(batch, self._verdicts(batch), strict=True):
+                self._answers.put(answer)
             try:
                 self._wake()
             except Exception:
                 log.exception("could not wake the piece server")
+            if last:
+                return
+
+    def _more(self, batch: list[Credentials]) -> tuple[list[Credentials], bool]:
+        """``batch`` and whatever else is queued now, up to a call's worth; True if
+        the stop mark was among them."""
+        while len(batch) < MAX_TICKETS_PER_CHECK:
+            try:
+                credentials = self._asks.get_nowait()
+            except queue.Empty:
+                break
+            if credentials is None:
+                return batch, True
+            batch.append(credentials)
+        return batch, False
+
+    def _verdicts(self, batch: list[Credentials]) -> list[Verdict]:
+        try:
+            verdicts = self._check(batch)
+            if len(verdicts) != len(batch):
+                raise ValueError(f"{len(verdicts)} verdicts for {len(batch)} tickets")
+            return [bool(v) for v in verdicts]
+        except ProtocolError as exc:
+            log.warning("cannot check %d ticket(s): %s", len(batch), exc)
+        except Exception:  # a bug must not stop every later check
+            log.exception("checking %d ticket(s) failed", len(batch))
+        return [None] * len(batch)

@@ -12,7 +12,7 @@ from hypothesis import strategies as hst
 
 from p2p import codec
 from p2p.messages.sync import Event
-from p2p.messages.tracker import MAX_PASSWORD, Reply, Request
+from p2p.messages.tracker import MAX_PASSWORD, MAX_TICKETS_PER_CHECK, Reply, Request
 from p2p.pieces import PIECE_SIZE
 from trackers import commands
 from trackers import state as st
@@ -120,8 +120,13 @@ VALID: dict[str, tuple[str | None, dict[str, Any], list[str]]] = {
     "check_ticket": ("bob", {"group": "g1", "user": "alice",
                              "ticket": ticket_for(SID["alice"], "g1", "bob.lan:7000")},
                      ["group", "user", "ticket"]),
+    "check_tickets": ("bob", {"tickets": [{"group": "g1", "user": "alice",
+                                           "ticket": ticket_for(SID["alice"], "g1",
+                                                                "bob.lan:7000")}]},
+                      ["tickets"]),
 }
-READS = {"ping", "list_groups", "list_requests", "list_files", "file_info", "check_ticket"}
+READS = {"ping", "list_groups", "list_requests", "list_files", "file_info", "check_ticket",
+         "check_tickets"}
 NEEDS_SESSION = sorted(set(commands.HANDLERS) - {"create_user", "login"})
 
 
@@ -477,6 +482,44 @@ def test_check_ticket() -> None:
         refused(call(s, "check_ticket", "bob", **args), "bad_ticket")
     refused(call(s, "check_ticket", "bob", group="g1", user="alice", ticket=5), "bad_request")
     refused(call(s, "check_ticket", "bob", group="g1", user="a b", ticket=good), "bad_request")
+
+
+def test_check_tickets_answers_each_ticket_as_check_ticket_does() -> None:
+    s = world()
+    at_bob = "bob.lan:7000"
+    good = ticket_for(SID["alice"], "g1", at_bob)
+    asked = [
+        {"group": "g1", "user": "alice", "ticket": good},
+        {"group": "g1", "user": "bob", "ticket": good},  # someone else's ticket
+        {"group": "g1", "user": "alice", "ticket": ticket_for(SID["alice"], "g1",
+                                                               "carol.lan:7000")},  # other peer
+        {"group": "g9", "user": "alice", "ticket": good},
+        {"group": "g1", "user": "alice", "ticket": good},  # asked twice: same answer
+    ]
+    verdicts = answer(call(s, "check_tickets", "bob", tickets=asked))
+    assert verdicts == [True, False, False, False, True]
+    for entry, verdict in zip(asked, verdicts, strict=True):
+        single = call(s, "check_ticket", "bob", **entry)
+        assert isinstance(single, Reply) and single.ok == verdict
+
+
+@pytest.mark.parametrize("tickets", [
+    [],
+    [{"group": "g1", "user": "alice", "ticket": "x"}] * (MAX_TICKETS_PER_CHECK + 1),
+    "alice",
+    [["g1", "alice", "x"]],
+    [{"group": "g1", "user": "alice", "ticket": 5}],
+    [{"group": "g1", "user": "a b", "ticket": "x"}],
+    [{"group": "g1", "ticket": "x"}],
+])
+def test_check_tickets_refuses_a_malformed_list_whole(tickets: Any) -> None:
+    refused(call(world(), "check_tickets", "bob", tickets=tickets), "bad_request")
+
+
+def test_check_tickets_takes_a_full_call() -> None:
+    asked = [{"group": "g1", "user": "alice", "ticket": "x"}] * MAX_TICKETS_PER_CHECK
+    assert answer(call(world(), "check_tickets", "bob", tickets=asked)) == (
+        [False] * MAX_TICKETS_PER_CHECK)
 
 
 def _peer_tickets(info: dict[str, Any]) -> dict[str, str]:

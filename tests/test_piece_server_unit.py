@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,11 @@ KEY = ("g", "f.bin")
 COUNT = 6
 
 
+def one_by_one(check: Callable[[str, str, str], bool]) -> ticket_checks.TicketsCheck:
+    """A tracker that answers each ticket of a call with ``check``; an error fails the call."""
+    return lambda asked: [check(*credentials) for credentials in asked]
+
+
 class Served:
     """A PieceServer sharing one file of COUNT pieces (and a short one of ``tail``
     bytes) at one piece a second."""
@@ -51,7 +56,7 @@ class Served:
         self.registry.put(Source(KEY, len(self.data), hashes, path, sha1=self.sha1))
         self.port = free_port()
         self.server = PieceServer("127.0.0.1", self.port, self.registry,
-                                  lambda _user, _group, _ticket: True, upload_limit=limit)
+                                  lambda asked: [True] * len(asked), upload_limit=limit)
         self.sockets: list[zmq.Socket[Any]] = []
 
     def connect(self) -> zmq.Socket[Any]:
@@ -249,7 +254,7 @@ def _members(s: Served, member: dict[str, bool]) -> list[str]:
         checks.append(user)
         return member[user]
 
-    s.server._check_ticket = check
+    s.server._check_tickets = one_by_one(check)
     return checks
 
 
@@ -348,7 +353,7 @@ def test_with_no_tracker_to_ask_open_connections_go_on_and_new_ones_retry(
             checks.append("down")
             raise LocalError("no tracker answered within 8 s", "no_tracker")
 
-        s.server._check_ticket = no_tracker
+        s.server._check_tickets = one_by_one(no_tracker)
         now[0] += ticket_checks.TICKET_CACHE_SECONDS - 0.5  # in use as its yes runs out
         send(sock, msg.Get(*KEY, 0))
         assert piece_index(sock, 5) == 0
@@ -370,7 +375,7 @@ def test_with_no_tracker_to_ask_open_connections_go_on_and_new_ones_retry(
         assert reply(sock, 0.5) is None
         assert checks == ["bob", "down", "down", "down"]
         now[0] += ticket_checks.RETRY_UNANSWERED
-        s.server._check_ticket = lambda user, group, ticket: True  # a tracker is back
+        s.server._check_tickets = lambda asked: [True] * len(asked)  # a tracker is back
         assert piece_index(sock, 5) == 2
     finally:
         s.close()
@@ -399,7 +404,7 @@ def test_a_stranger_cannot_tell_what_is_shared_here(tmp_path: Path) -> None:
         asked.append(user)
         return user == "bob"
 
-    s.server._check_ticket = check_ticket
+    s.server._check_tickets = one_by_one(check_ticket)
     s.server.start()
     sock = s.connect()
 
@@ -437,7 +442,7 @@ def _stuck(s: Served, user: str) -> threading.Event:
             assert release.wait(20)
         return True
 
-    s.server._check_ticket = check
+    s.server._check_tickets = one_by_one(check)
     return release
 
 
@@ -477,7 +482,7 @@ def test_an_open_connection_is_served_on_while_its_ticket_is_asked_about_again(
             assert release.wait(20)
             return False
 
-        s.server._check_ticket = slow_no
+        s.server._check_tickets = one_by_one(slow_no)
         now[0] += ticket_checks.TICKET_CACHE_SECONDS - 0.5  # in use as its yes runs out
         send(bob, msg.Get(*KEY, 0))
         assert piece_index(bob, 2) == 0  # and the tracker is asked again: it hangs
@@ -533,7 +538,7 @@ def test_a_no_for_a_downloader_gone_with_two_files_open_leaves_the_server_servin
             assert release.wait(20)
         return member[user]
 
-    s.server._check_ticket = check
+    s.server._check_tickets = one_by_one(check)
     gone = s.server._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     s.server.start()
     try:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import threading
+import types
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2p.errors import LocalError
+from p2p.errors import LocalError, ProtocolError
+from p2p.messages.tracker import MAX_TICKETS_PER_CHECK
+from peers.client import Client
 from peers.ticket_checks import (
     REFRESH_AHEAD,
     TICKET_CACHE_SECONDS,
@@ -112,50 +116,148 @@ def test_valid_means_a_trusting_answer_within_the_period_and_no_refusal_since(
     assert cache.valid(BOB, now) == expected
 
 
-def test_the_checker_asks_in_turn_and_says_when_no_tracker_could_tell() -> None:
+def _collect(checker: TicketChecker, woken: threading.Semaphore,
+             n: int) -> list[tuple[Credentials, Verdict]]:
+    answers: list[tuple[Credentials, Verdict]] = []
+    while len(answers) < n:
+        assert woken.acquire(timeout=5)
+        answers += checker.answers()
+    return answers
+
+
+def test_the_checker_says_what_a_tracker_said_or_that_none_could_tell() -> None:
     woken = threading.Semaphore(0)
 
-    def check(user: str, _group: str, _ticket: str) -> bool:
-        if user == "down":
+    def check(asked: list[Credentials]) -> list[bool]:
+        users = [user for user, _group, _ticket in asked]
+        if "down" in users:
             raise LocalError("no tracker answered within 8 s", "no_tracker")
-        if user == "bug":
+        if "bug" in users:
             raise RuntimeError("a bug")
-        return user == "bob"
+        if "short" in users:
+            return [True]  # fewer verdicts than tickets: believe none of them
+        return [user == "bob" for user in users]
 
     checker = TicketChecker(check, woken.release)
     checker.start()
     try:
-        asked = [BOB, ("eve", "g", "x"), ("down", "g", "x"), ("bug", "g", "x")]
-        for credentials in asked:
-            checker.ask(credentials)
-        answers: list[tuple[Credentials, Verdict]] = []
-        while len(answers) < len(asked):
-            assert woken.acquire(timeout=5)
-            answers += checker.answers()
-        assert answers == list(zip(asked, [True, False, None, None], strict=True))
+        cases: list[tuple[list[Credentials], list[Verdict]]] = [
+            ([BOB, ("eve", "g", "x")], [True, False]),
+            ([("down", "g", "x")], [None]),
+            ([("bug", "g", "x")], [None]),
+            ([BOB, ("short", "g", "x")], [None, None])]
+        for asked, verdicts in cases:
+            for credentials in asked:
+                checker.ask(credentials)
+            assert _collect(checker, woken, len(asked)) == list(zip(asked, verdicts,
+                                                                    strict=True))
         assert checker.answers() == []
     finally:
         checker.stop()
 
 
-def test_a_stopped_checker_asks_nothing_more() -> None:
-    asked: list[str] = []
+def test_tickets_that_queue_while_a_call_is_out_go_in_the_next_calls_together() -> None:
+    """A flood of made-up tickets costs a real one a few round trips, not one each."""
+    woken = threading.Semaphore(0)
+    calls: list[list[str]] = []
     first = threading.Event()
     release = threading.Event()
 
-    def check(user: str, _group: str, _ticket: str) -> bool:
-        asked.append(user)
+    def check(asked: list[Credentials]) -> list[bool]:
+        calls.append([user for user, _group, _ticket in asked])
         first.set()
         assert release.wait(10)
-        return True
+        return [user == "bob" for user, _group, _ticket in asked]
+
+    checker = TicketChecker(check, woken.release)
+    checker.start()
+    try:
+        checker.ask(("u0", "g", "x"))
+        assert first.wait(5)  # the first call is out
+        flood = [(f"u{n}", "g", "x") for n in range(1, 2 * MAX_TICKETS_PER_CHECK + 1)]
+        for credentials in [*flood, BOB]:
+            checker.ask(credentials)
+        release.set()
+        answers = dict(_collect(checker, woken, len(flood) + 2))
+        assert answers[BOB] is True and not any(answers[c] for c in flood)
+        assert [len(c) for c in calls] == [1, MAX_TICKETS_PER_CHECK, MAX_TICKETS_PER_CHECK, 1]
+        assert calls[-1] == ["bob"]
+    finally:
+        checker.stop()
+
+
+def test_a_stopped_checker_asks_nothing_more() -> None:
+    asked: list[list[str]] = []
+    first = threading.Event()
+    release = threading.Event()
+
+    def check(batch: list[Credentials]) -> list[bool]:
+        asked.append([user for user, _group, _ticket in batch])
+        first.set()
+        assert release.wait(10)
+        return [True] * len(batch)
 
     checker = TicketChecker(check, lambda: None)
     checker.start()
-    for n in range(20):
-        checker.ask((f"u{n}", "g", "t"))
+    checker.ask(("u0", "g", "t"))
     assert first.wait(5)
+    for n in range(1, 20):
+        checker.ask((f"u{n}", "g", "t"))
     checker.stop()  # while the first call hangs
     release.set()
     checker._thread.join(5)
     assert not checker._thread.is_alive()
-    assert asked == ["u0"]
+    assert asked == [["u0"]]
+
+
+class _Tracker:
+    """A tracker connection that records calls; ``batch`` says what check_tickets does."""
+
+    def __init__(self, batch: str) -> None:
+        self.batch = batch
+        self.calls: list[tuple[str, Any]] = []
+
+    def call(self, op: str, args: dict[str, Any]) -> Any:
+        self.calls.append((op, args))
+        if self.batch == "down":
+            raise LocalError("no tracker answered within 8 s", "no_tracker")
+        if op == "check_tickets":
+            if self.batch == "old":
+                raise ProtocolError("unknown command 'check_tickets'", "unknown_command")
+            return [t["user"] == "bob" for t in args["tickets"]]
+        if args["user"] != "bob":
+            raise ProtocolError("nope", "bad_ticket")
+        return None
+
+
+def _client(tracker: _Tracker, user: str | None = "me") -> Any:
+    fake = types.SimpleNamespace(user=user, tracker=tracker)
+    fake._check_ticket = lambda *c: Client._check_ticket(fake, *c)  # type: ignore[arg-type]
+    return fake
+
+
+ASKED: list[Credentials] = [BOB, ("a b", "g", "x"), ("eve", "g", "x"), ("bob", "", "x")]
+
+
+def test_the_client_asks_once_and_never_about_ids_a_tracker_would_refuse() -> None:
+    tracker = _Tracker("new")
+    assert Client._check_tickets(_client(tracker), ASKED) == [True, False, False, False]
+    assert tracker.calls == [("check_tickets", {"tickets": [
+        {"user": "bob", "group": "g", "ticket": "t1"},
+        {"user": "eve", "group": "g", "ticket": "x"}]})]
+
+
+def test_the_client_asks_an_older_tracker_one_ticket_at_a_time() -> None:
+    tracker = _Tracker("old")
+    assert Client._check_tickets(_client(tracker), ASKED) == [True, False, False, False]
+    assert [op for op, _args in tracker.calls] == ["check_tickets", "check_ticket",
+                                                   "check_ticket"]
+
+
+def test_the_client_says_when_no_tracker_answered_and_refuses_when_logged_out() -> None:
+    with pytest.raises(ProtocolError) as err:
+        Client._check_tickets(_client(_Tracker("down")), ASKED)
+    assert err.value.code == "no_tracker"
+    tracker = _Tracker("new")
+    assert Client._check_tickets(_client(tracker, user=None), ASKED) == [False] * 4
+    assert tracker.calls == []

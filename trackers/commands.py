@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2p.errors import LocalError
-from p2p.messages.tracker import MAX_PASSWORD, Reply, Request, check_file_name, check_id
+from p2p.messages.tracker import (
+    MAX_PASSWORD,
+    MAX_TICKETS_PER_CHECK,
+    Reply,
+    Request,
+    check_file_name,
+    check_id,
+)
 from p2p.pieces import piece_count
 from trackers import state as st
 from trackers.passwords import SALT_BYTES, hash_password, verify_password
@@ -275,23 +282,50 @@ def _file_info(state: st.State, req: Request, ctx: Context) -> Plan:
                      "pieces": record.pieces, "peers": peers})
 
 
+def _ticket_valid(state: st.State, addr: str, user: str, group: str, ticket: str) -> bool:
+    """Whether ``ticket`` was issued to a logged-in ``user``, member of ``group``, for
+    the peer at ``addr``."""
+    member = group in state.groups and user in state.groups[group].members
+    return member and any(
+        s.user == user and hmac.compare_digest(ticket_for(sid, group, addr), ticket)
+        for sid, s in state.sessions.items()
+    )
+
+
+def _ticket(value: Any) -> str:
+    if not isinstance(value, str):
+        raise LocalError("'ticket' must be a string", "bad_request")
+    return value
+
+
 def _check_ticket(state: st.State, req: Request, ctx: Context) -> Plan:
     """Asked by a serving peer, with its own session: may ``user`` fetch in ``group``
     from this peer?  Only a ticket issued for the caller's own peer address counts."""
     caller, _user = _session(state, req)
     group, user = _id(req, "group", "group id"), _id(req, "user", "user id")
-    ticket = _arg(req, "ticket")
-    if not isinstance(ticket, str):
-        raise LocalError("'ticket' must be a string", "bad_request")
-    addr = state.sessions[caller].addr
-    member = group in state.groups and user in state.groups[group].members
-    valid = member and any(
-        s.user == user and hmac.compare_digest(ticket_for(sid, group, addr), ticket)
-        for sid, s in state.sessions.items()
-    )
-    if not valid:
+    ticket = _ticket(_arg(req, "ticket"))
+    if not _ticket_valid(state, state.sessions[caller].addr, user, group, ticket):
         return _refuse(req, st.fail("bad_ticket", f"{user} may not download in {group}"))
     return _ok(req)
+
+
+def _check_tickets(state: st.State, req: Request, ctx: Context) -> Plan:
+    """``check_ticket`` for a list of ``{user, group, ticket}``: one verdict each, in
+    order (true: good here).  A malformed entry fails the whole request."""
+    caller, _user = _session(state, req)
+    asked = _arg(req, "tickets")
+    if not isinstance(asked, list) or not 1 <= len(asked) <= MAX_TICKETS_PER_CHECK:
+        raise LocalError(f"'tickets' must be a list of 1-{MAX_TICKETS_PER_CHECK} tickets",
+                         "bad_request")
+    entries = []
+    for entry in asked:
+        if not isinstance(entry, dict):
+            raise LocalError("each ticket must be a map of user, group and ticket",
+                             "bad_request")
+        entries.append((check_id(entry.get("user"), "user id"),
+                        check_id(entry.get("group"), "group id"), _ticket(entry.get("ticket"))))
+    addr = state.sessions[caller].addr
+    return _ok(req, [_ticket_valid(state, addr, *entry) for entry in entries])
 
 
 HANDLERS: dict[str, Handler] = {
@@ -312,6 +346,7 @@ HANDLERS: dict[str, Handler] = {
     "unshare": _unshare,
     "file_info": _file_info,
     "check_ticket": _check_ticket,
+    "check_tickets": _check_tickets,
 }
 
 
