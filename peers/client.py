@@ -37,8 +37,12 @@ PING_INTERVAL = 2.0  # trackers log out a client silent for 10 s
 Notify = Callable[[str, dict[str, Any]], None]
 
 
-def _well_formed(user: str, group: str) -> bool:
-    """Whether a tracker would take these as a user id and a group id."""
+def _well_formed(user: str, group: str, ticket: str) -> bool:
+    """Whether a tracker would take these as a user id and a group id, and the ticket
+    could be one (a tracker issues hex; an older tracker drops a call with a non-ASCII
+    one unanswered, and every ticket in it would wait 8 s for no_tracker)."""
+    if not ticket.isascii():
+        return False
     try:
         check_id(user, "user id")
         check_id(group, "group id")
@@ -341,7 +345,7 @@ class Client:
             return [False] * len(asked)
         # Ids a tracker would refuse as malformed are refused here: one of them in a
         # call would fail the whole call.
-        verdicts = [_well_formed(user, group) for user, group, _ticket in asked]
+        verdicts = [_well_formed(*c) for c in asked]
         well_formed = [c for c, ok in zip(asked, verdicts, strict=True) if ok]
         if not well_formed:
             return verdicts

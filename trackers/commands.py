@@ -284,7 +284,10 @@ def _file_info(state: st.State, req: Request, ctx: Context) -> Plan:
 
 def _ticket_valid(state: st.State, addr: str, user: str, group: str, ticket: str) -> bool:
     """Whether ``ticket`` was issued to a logged-in ``user``, member of ``group``, for
-    the peer at ``addr``."""
+    the peer at ``addr``.  A ticket is hex: one with any other character is no ticket
+    (and ``hmac.compare_digest`` would raise on a non-ASCII str)."""
+    if not ticket.isascii():
+        return False
     member = group in state.groups and user in state.groups[group].members
     return member and any(
         s.user == user and hmac.compare_digest(ticket_for(sid, group, addr), ticket)
