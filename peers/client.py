@@ -296,7 +296,11 @@ class Client:
     def ended(self, download: Download) -> None:
         """A download completed or failed: share the complete file, tell the user."""
         self.downloads.finished(download)
-        if not any(d.running for d in self.downloads.all() if d is not download):
+        # Not d.running alone: one that ended a moment ago is still "running" until its
+        # ended() returns (a tracker call or two), and two ending together would each
+        # leave the release to the other.
+        if not any(d.running and d.state == "downloading"
+                   for d in self.downloads.all() if d is not download):
             release_free_memory()  # what the allocator kept for pieces in flight
         if download.state != "complete":
             self.registry.remove(download.key)
