@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import socket
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -12,7 +13,12 @@ import pytest
 import zmq
 
 from p2p import codec
-from tests.procs import Cluster
+from p2p.config import TrackerAddress
+from p2p.messages.tracker import Request
+from tests.procs import Cluster, free_port_block
+from trackers import commands
+from trackers import server as server_mod
+from trackers.server import TrackerServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -241,3 +247,27 @@ def test_oversized_frames(one_tracker: Cluster) -> None:
         dealer.close(0)
     assert ask(c, codec.encode(request("status")))["ok"] is True
     assert_still_serving(c, before)
+
+
+def test_a_handler_bug_gets_internal_error_at_once(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not silence: a client left without a reply would wait out every tracker's timeout.
+    The scrypt probe that create_user and login raise through the handler still passes."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    server = TrackerServer([TrackerAddress(1, "127.0.0.1", free_port_block())], 1,
+                           tmp_path / "t1", context=ctx)
+    try:
+        def broken(*_args: Any) -> Any:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setitem(commands.HANDLERS, "list_groups", broken)
+        reply = server.handle(Request("list_groups", "cid-1", 7))
+        assert reply is not None and (reply.ok, reply.code, reply.rid) == (
+            False, "internal_error", 7), reply
+        assert reply.error == "the tracker could not handle list_groups: see its log"
+        signup = Request("create_user", "cid-1", 8, {"user": "ann", "password": "pw"})
+        with pytest.raises(server_mod._NeedsHash):
+            server.handle(signup, None, commands.Context(b"s" * 16, server_mod._needs_hash))
+    finally:
+        server.close()
+        ctx.term()

@@ -274,7 +274,15 @@ class TrackerServer:
         done = st.outcome_of(state, req.cid, req.rid)
         if done is not None:  # a retry of a request that already became an event
             return self._retry(req, done, envelope, now)
-        plan = commands.plan(state, req, ctx or commands.Context(salt=os.urandom(SALT_BYTES)))
+        try:
+            plan = commands.plan(state, req,
+                                 ctx or commands.Context(salt=os.urandom(SALT_BYTES)))
+        except _NeedsHash:  # the scrypt probe: the caller hashes off the loop
+            raise
+        except Exception:  # a bug: say so now, or the client waits out every tracker
+            log.exception("%s broke its handler", req.op)
+            return Reply.failure(req.rid, "internal_error",
+                                 f"the tracker could not handle {req.op}: see its log")
         if isinstance(plan, Reply):
             return plan
         log.info("%s from client %s", plan.type, req.cid[:8])
