@@ -4,7 +4,6 @@ must still give the allocator's free memory back (Client.ended)."""
 from __future__ import annotations
 
 import threading
-import time
 import types
 from typing import Any
 
@@ -35,24 +34,27 @@ class _Download:
 
 def test_the_last_of_two_downloads_ending_together_releases(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    released: list[float] = []
-    monkeypatch.setattr(client_mod, "release_free_memory",
-                        lambda: released.append(time.monotonic()))
+    released: list[str] = []
+    monkeypatch.setattr(client_mod, "release_free_memory", lambda: released.append("now"))
     a, b = _Download("a"), _Download("b")
+    a_in_call, b_ended = threading.Event(), threading.Event()
 
-    def slow_call(_op: str, _args: dict[str, Any]) -> None:
-        time.sleep(0.5)  # a tracker round trip (unshare, have) inside ended()
+    def tracker_call(_op: str, args: dict[str, Any]) -> None:
+        if args.get("name") == "a":  # a's ended() waits on the tracker until b has ended
+            a_in_call.set()
+            assert b_ended.wait(10)
 
     host = types.SimpleNamespace(
         downloads=types.SimpleNamespace(finished=lambda d: None, all=lambda: [a, b]),
         registry=types.SimpleNamespace(remove=lambda key: None),
-        tracker=types.SimpleNamespace(call=slow_call),
+        tracker=types.SimpleNamespace(call=tracker_call),
         notify=lambda kind, data: None)
     host.ended = lambda d: Client.ended(host, d)  # type: ignore[arg-type]
     ta = threading.Thread(target=a.end, args=(host,))
     ta.start()
-    time.sleep(0.1)  # b ends while a's ended() waits for the tracker
+    assert a_in_call.wait(10)
     b.end(host)
-    ta.join()
+    b_ended.set()
+    ta.join(10)
     assert not a.running and not b.running
     assert released, "no download runs any more, and nothing was given back"
