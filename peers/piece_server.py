@@ -28,6 +28,7 @@ import zmq
 from p2p.errors import LocalError
 from p2p.messages import piece as msg
 from p2p.pieces import piece_range
+from peers.malloc_tuning import release_free_memory
 from peers.shares import Key, ShareRegistry, Source
 from peers.ticket_checks import Credentials, TicketCache, TicketChecker, TicketsCheck
 
@@ -44,6 +45,10 @@ RECENT_PIECES = 16
 # Tickets being asked about at once; past this a new one is told to come back soon
 # (each costs a tracker call, and a stranger can make up any number of them).
 MAX_ASKING = 256
+# Serving keeps recent pieces, and freed piece buffers in the allocator
+# (peers/malloc_tuning); this long after the last piece went out both are given
+# back, so an idle client stays small.
+RELEASE_AFTER_IDLE = 10.0
 
 
 class TokenBucket:
@@ -98,6 +103,7 @@ class PieceServer:
         self._queue: collections.deque[tuple[bytes, Key, int]] = collections.deque()
         self._recent: collections.OrderedDict[tuple[str, str, str, int], bytes] = (
             collections.OrderedDict())
+        self._last_sent: float | None = None  # when a piece last went out, until released
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="piece-server", daemon=True)
         self._local = threading.local()
@@ -157,6 +163,10 @@ class PieceServer:
                 wait = self._guarded("send queued pieces", self._send_queued) or 100
                 if self._tell_at is not None:
                     wait = min(wait, max(1, int((self._tell_at - now) * 1000)))
+                if self._last_sent is not None and now - self._last_sent >= RELEASE_AFTER_IDLE:
+                    self._last_sent = None
+                    self._recent.clear()  # kept for downloaders asking together: none now
+                    self._guarded("give back free memory", release_free_memory)
         finally:
             self._sock.close(0)
             self._notices.close(0)
@@ -382,6 +392,7 @@ class PieceServer:
             # Copied into the message: zero-copy sends of 512 KiB measured no cheaper.
             if self._send(ident, [msg.piece_frames(key[1], index), data]):
                 self.registry.served[key] += 1
+                self._last_sent = now
         return 100
 
     def _read(self, source: Source, index: int) -> bytes | None:

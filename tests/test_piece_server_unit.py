@@ -563,3 +563,26 @@ def test_a_no_for_a_downloader_gone_with_two_files_open_leaves_the_server_servin
         release.set()
         s.close()  # before its monitor: closing that first hangs the zmq context
         gone.close(0)
+
+
+def test_memory_is_given_back_once_serving_has_been_idle_a_while(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    released: list[float] = []
+    now, s, _checks = _asking(tmp_path, monkeypatch, {"bob": True})
+    monkeypatch.setattr(piece_server, "release_free_memory", lambda: released.append(now[0]))
+    try:
+        sock = s.downloader()
+        send(sock, msg.Get(*KEY, 0))
+        assert piece_index(sock, 5) == 0
+        assert reply(sock, 0.3) is None and released == []  # the loop went round: too soon
+        assert len(s.server._recent) == 1
+        now[0] += piece_server.RELEASE_AFTER_IDLE
+        wait_for(lambda: released, 5, "the idle server to give memory back")
+        assert released == [now[0]] and len(s.server._recent) == 0
+        assert reply(sock, 0.3) is None and len(released) == 1  # once, not every pass
+        send(sock, msg.Get(*KEY, 1))  # serving again (its ticket is asked about anew)
+        assert piece_index(sock, 5) == 1
+        now[0] += piece_server.RELEASE_AFTER_IDLE
+        wait_for(lambda: len(released) == 2, 5, "a second release after the next idle spell")
+    finally:
+        s.close()
