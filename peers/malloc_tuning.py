@@ -13,6 +13,7 @@ machines (README, Benchmarks).
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import platform
 
@@ -30,14 +31,19 @@ MMAP_THRESHOLD_BYTES = 1024 * 1024
 KEEP_FREE_BYTES = 32 * 1024 * 1024
 
 
+@functools.cache  # asked at every download's end; elsewhere libc_ver reads the binary
 def _glibc() -> ctypes.CDLL | None:
     """This process's C library, if it is glibc (other libcs number mallopt differently)."""
     if platform.libc_ver()[0] != "glibc":
         return None
     try:
-        return ctypes.CDLL(None)
+        libc = ctypes.CDLL(None)
     except OSError:
         return None
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.mallopt.restype = ctypes.c_int
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    return libc
 
 
 def tune_for_pieces() -> bool:
@@ -49,12 +55,9 @@ def tune_for_pieces() -> bool:
     if libc is None:
         log.info("not glibc: the allocator keeps its defaults")
         return False
-    mallopt = libc.mallopt
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
     # Either call failing leaves a setting glibc accepted on its own, which is harmless.
-    ok = (mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
-          and mallopt(_M_TRIM_THRESHOLD, KEEP_FREE_BYTES) == 1)
+    ok = (libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+          and libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREE_BYTES) == 1)
     if not ok:
         log.warning("glibc refused the allocator settings: downloads use more CPU")
     return ok
@@ -64,5 +67,4 @@ def release_free_memory() -> None:
     """Give the kernel back the free memory the allocator kept (after a download)."""
     libc = _glibc()
     if libc is not None:
-        libc.malloc_trim.argtypes = [ctypes.c_size_t]
         libc.malloc_trim(0)
