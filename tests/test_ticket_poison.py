@@ -13,9 +13,11 @@ import pytest
 
 from p2p.errors import ProtocolError
 from p2p.messages import piece as msg
+from peers.client import Client
 from tests.files_support import Probe, Session, group_of, make_file, pieces
 from tests.procs import ClientProc, Cluster
 from tests.test_commands import SID, answer, call, refused, world
+from tests.test_ticket_checks import BOB, _client, _Tracker
 from trackers.commands import ticket_for
 
 POISON = "\u00e9" * 64
@@ -86,9 +88,6 @@ def test_a_member_is_not_refused_for_a_strangers_ticket_in_the_same_call(
 
 def test_the_client_never_sends_a_non_ascii_ticket_to_a_tracker() -> None:
     """An older tracker breaks on one (no reply): the whole call would wait 8 s."""
-    from peers.client import Client
-    from tests.test_ticket_checks import BOB, _client, _Tracker
-
     tracker = _Tracker("new")
     assert Client._check_tickets(_client(tracker), [BOB, ("eve", "g", POISON)]) == [
         True, False]
