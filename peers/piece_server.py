@@ -29,6 +29,7 @@ from p2p.errors import LocalError
 from p2p.messages import piece as msg
 from p2p.pieces import piece_range
 from peers.malloc_tuning import release_free_memory
+from peers.recent_pieces import RecentPieces
 from peers.shares import Key, ShareRegistry, Source
 from peers.ticket_checks import Credentials, TicketCache, TicketChecker, TicketsCheck
 
@@ -39,9 +40,10 @@ MAX_DOWNLOADERS = 1024  # remembered downloader connections (LRU)
 # A fast download verifies hundreds of pieces a second; telling its peers every
 # 10 ms instead cost each of four downloaders ~0.1 s of CPU per GiB, for nothing.
 NEWS_DELAY = 0.1
-# Pieces kept after serving them (8 MiB): downloaders of one file tend to ask
-# for the same pieces at about the same time.
-RECENT_PIECES = 16
+# Pieces kept after serving them, for the other downloaders of the same file (at
+# most 16 MiB; see recent_pieces).  Four downloaders of one file spread over
+# more than the 16 once kept; a lone downloader keeps none.
+RECENT_PIECES = 32
 # Tickets being asked about at once; past this a new one is told to come back soon
 # (each costs a tracker call, and a stranger can make up any number of them).
 MAX_ASKING = 256
@@ -101,8 +103,7 @@ class PieceServer:
         self._opened: collections.OrderedDict[bytes, dict[Key, Credentials]] = (
             collections.OrderedDict())
         self._queue: collections.deque[tuple[bytes, Key, int]] = collections.deque()
-        self._recent: collections.OrderedDict[tuple[str, str, str, int], bytes] = (
-            collections.OrderedDict())
+        self._recent = RecentPieces(RECENT_PIECES)
         self._last_sent: float | None = None  # when a piece last went out, until released
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="piece-server", daemon=True)
@@ -330,10 +331,13 @@ class PieceServer:
         if entry in self._queue:
             self._queue = collections.deque(e for e in self._queue if e != entry)
 
-    def _send(self, ident: bytes, frames: list[Any]) -> bool:
-        """Send to one downloader; if it is gone, forget it and its queued requests."""
+    def _send(self, ident: bytes, frames: list[Any], copy: bool = True) -> bool:
+        """Send to one downloader; if it is gone, forget it and its queued requests.
+
+        ``copy=False`` hands the frames' buffers to zmq: they must never change.
+        """
         try:
-            self._sock.send_multipart([ident, *frames])
+            self._sock.send_multipart([ident, *frames], copy=copy)
         except zmq.Again:  # not with SNDHWM=0; never let it stop the loop
             log.warning("dropped a reply to a downloader whose queue is full")
             return False
@@ -381,7 +385,7 @@ class PieceServer:
                     return max(1, int(delay * 1000))
             self._queue.popleft()
             try:
-                data = self._read(source, index)
+                data = self._read(ident, source, index)
             except (OSError, ValueError, KeyError, IndexError) as exc:
                 log.warning("cannot read piece %d of %s: %s", index, key[1], exc)
                 data = None
@@ -389,27 +393,25 @@ class PieceServer:
                 self._refuse(ident, key[1], "bad_piece", f"piece {index} is not available here",
                              index)
                 continue
-            # Copied into the message: zero-copy sends of 512 KiB measured no cheaper.
-            if self._send(ident, [msg.piece_frames(key[1], index), data]):
+            # Not copied: the bytes never change, and a kept piece goes to several.
+            if self._send(ident, [msg.piece_frames(key[1], index), data], copy=False):
                 self.registry.served[key] += 1
                 self._last_sent = now
         return 100
 
-    def _read(self, source: Source, index: int) -> bytes | None:
-        """Piece ``index`` of ``source``, from the recently served ones if it is there."""
+    def _read(self, ident: bytes, source: Source, index: int) -> bytes | None:
+        """Piece ``index`` of ``source`` for downloader ``ident``: kept from an earlier
+        send if it is, else read and kept for the others that opened the file."""
         if not source.has(index):
             return None
-        # The bytes of a piece of this share (same group, name and SHA1) never change.
         key = (*source.key, source.sha1, index)
-        data = self._recent.get(key)
-        if data is not None:
-            self._recent.move_to_end(key)
-            return data
-        data = source.read(index)
-        if data is not None:
-            self._recent[key] = data
-            while len(self._recent) > RECENT_PIECES:
-                self._recent.popitem(last=False)
+        data = self._recent.take(key)
+        if data is None:
+            data = source.read(index)
+            if data is not None:
+                others = sum(1 for other, opened in self._opened.items()
+                             if other != ident and source.key in opened)
+                self._recent.keep(key, data, others)
         return data
 
     def _refuse(self, ident: bytes, name: str, code: str, error: str,

@@ -186,6 +186,36 @@ def test_a_complete_source_needs_its_sha1(tmp_path: Path) -> None:
         Source(KEY, 1, b"\0" * 20, tmp_path / "f.bin")
 
 
+def test_a_piece_several_downloaders_ask_for_is_read_once_and_then_let_go(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[int] = []
+    read = Source.read
+
+    def counted(source: Source, index: int) -> bytes | None:
+        reads.append(index)
+        return read(source, index)
+
+    monkeypatch.setattr(Source, "read", counted)
+    s = Served(tmp_path, limit=None)
+    s.server.start()
+    second = s.data[PIECE_SIZE:2 * PIECE_SIZE]
+    try:
+        alone = s.downloader()
+        for _ in range(2):
+            send(alone, msg.Get(*KEY, 0))
+            assert piece_index(alone, 5) == 0
+        assert reads == [0, 0]  # nobody else opened the file: nothing kept
+        downloaders = [alone, s.downloader(), s.downloader()]
+        for sock in downloaders:
+            send(sock, msg.Get(*KEY, 1))
+            got = reply(sock, 5)
+            assert isinstance(got, msg.Piece) and got.index == 1 and got.data == second
+        assert reads == [0, 0, 1]
+        assert len(s.server._recent) == 0  # each of the three has had it
+    finally:
+        s.close()
+
+
 def test_a_recently_served_piece_goes_only_to_shares_that_hold_it(tmp_path: Path) -> None:
     # The same file (same SHA1) shared in another group by a downloader that does not
     # hold piece 0 yet: the copy of piece 0 just served from the first share must not
@@ -572,6 +602,7 @@ def test_memory_is_given_back_once_serving_has_been_idle_a_while(
     monkeypatch.setattr(piece_server, "release_free_memory", lambda: released.append(now[0]))
     try:
         sock = s.downloader()
+        s.downloader()  # a second downloader of the file, so served pieces are kept
         send(sock, msg.Get(*KEY, 0))
         assert piece_index(sock, 5) == 0
         assert reply(sock, 0.3) is None and released == []  # the loop went round: too soon
