@@ -44,6 +44,10 @@ NEWS_DELAY = 0.1
 # most 16 MiB; see recent_pieces).  Four downloaders of one file spread over
 # more than the 16 once kept; a lone downloader keeps none.
 RECENT_PIECES = 32
+# Pieces are kept only for downloaders that opened a file or asked for a piece this
+# recently: nothing tells the server a downloader closed its connection, so a seeder
+# remembers an opening from every past download.
+ASKING_WITHIN = 10.0
 # Tickets being asked about at once; past this a new one is told to come back soon
 # (each costs a tracker call, and a stranger can make up any number of them).
 MAX_ASKING = 256
@@ -104,6 +108,9 @@ class PieceServer:
             collections.OrderedDict())
         self._queue: collections.deque[tuple[bytes, Key, int]] = collections.deque()
         self._recent = RecentPieces(RECENT_PIECES)
+        # downloader -> when it last opened a file or asked for a piece, latest last,
+        # none older than ASKING_WITHIN
+        self._asking: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self._last_sent: float | None = None  # when a piece last went out, until released
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="piece-server", daemon=True)
@@ -262,6 +269,7 @@ class PieceServer:
         self._opened.setdefault(ident, {})[key] = (hello.user, hello.group, hello.ticket)
         self._watched.add(key)
         self._opened.move_to_end(ident)
+        self._asked(ident, time.monotonic())
         while len(self._opened) > MAX_DOWNLOADERS:
             self._opened.popitem(last=False)
         self._send(ident, msg.bitfield_frame(hello.name, source.have().to_bytes()))
@@ -323,7 +331,26 @@ class PieceServer:
             self._refuse(ident, get.name, "not_member", "send hello with a valid ticket first",
                          get.index)
             return
+        self._asked(ident, time.monotonic())
         self._queue.append((ident, key, get.index))
+
+    def _asked(self, ident: bytes, now: float) -> None:
+        """Downloader ``ident`` opened a file or asked for a piece at ``now``."""
+        self._asking[ident] = now
+        self._asking.move_to_end(ident)
+        while (len(self._asking) > MAX_DOWNLOADERS
+               or now - next(iter(self._asking.values())) >= ASKING_WITHIN):
+            self._asking.popitem(last=False)  # never the one just added
+
+    def _others_asking(self, ident: bytes, key: Key, now: float) -> int:
+        """Downloaders other than ``ident`` that have ``key`` open and asked lately."""
+        count = 0
+        for other, at in reversed(self._asking.items()):
+            if now - at >= ASKING_WITHIN:
+                break
+            if other != ident and key in self._opened.get(other, {}):
+                count += 1
+        return count
 
     def _cancel(self, ident: bytes, cancel: msg.Cancel) -> None:
         """Drop a queued Get of this downloader; one already sent (or unknown) is ignored."""
@@ -385,7 +412,7 @@ class PieceServer:
                     return max(1, int(delay * 1000))
             self._queue.popleft()
             try:
-                data = self._read(ident, source, index)
+                data = self._read(ident, source, index, now)
             except (OSError, ValueError, KeyError, IndexError) as exc:
                 log.warning("cannot read piece %d of %s: %s", index, key[1], exc)
                 data = None
@@ -399,9 +426,9 @@ class PieceServer:
                 self._last_sent = now
         return 100
 
-    def _read(self, ident: bytes, source: Source, index: int) -> bytes | None:
+    def _read(self, ident: bytes, source: Source, index: int, now: float) -> bytes | None:
         """Piece ``index`` of ``source`` for downloader ``ident``: kept from an earlier
-        send if it is, else read and kept for the others that opened the file."""
+        send if it is, else read and kept for the others asking for the file."""
         if not source.has(index):
             return None
         key = (*source.key, source.sha1, index)
@@ -409,9 +436,7 @@ class PieceServer:
         if data is None:
             data = source.read(index)
             if data is not None:
-                others = sum(1 for other, opened in self._opened.items()
-                             if other != ident and source.key in opened)
-                self._recent.keep(key, data, others)
+                self._recent.keep(key, data, self._others_asking(ident, source.key, now))
         return data
 
     def _refuse(self, ident: bytes, name: str, code: str, error: str,

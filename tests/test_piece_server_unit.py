@@ -216,6 +216,27 @@ def test_a_piece_several_downloaders_ask_for_is_read_once_and_then_let_go(
         s.close()
 
 
+def test_pieces_are_not_kept_for_a_downloader_gone_without_a_word(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing tells the server that a downloader closed its connection, so each past
+    # download of a seeded file stays among those that opened it: the pieces read for
+    # the one downloader left must not be kept for them.
+    now, s, _checks = _asking(tmp_path, monkeypatch, {"bob": True})
+    try:
+        gone = s.downloader()
+        send(gone, msg.Get(*KEY, 0))
+        assert piece_index(gone, 5) == 0
+        gone.close(0)
+        now[0] += piece_server.ASKING_WITHIN  # a while later, another downloads it alone
+        alone = s.downloader()
+        for index in range(COUNT):
+            send(alone, msg.Get(*KEY, index))
+            assert piece_index(alone, 5) == index
+        assert len(s.server._recent) == 0
+    finally:
+        s.close()
+
+
 def test_a_recently_served_piece_goes_only_to_shares_that_hold_it(tmp_path: Path) -> None:
     # The same file (same SHA1) shared in another group by a downloader that does not
     # hold piece 0 yet: the copy of piece 0 just served from the first share must not
