@@ -30,6 +30,7 @@ from p2p.messages import piece as msg
 from p2p.pieces import piece_range
 from peers.malloc_tuning import release_free_memory
 from peers.recent_pieces import RecentPieces
+from peers.request_queue import Request, RequestQueue
 from peers.shares import Key, ShareRegistry, Source
 from peers.ticket_checks import Credentials, TicketCache, TicketChecker, TicketsCheck
 
@@ -48,6 +49,16 @@ RECENT_PIECES = 32
 # recently: nothing tells the server a downloader closed its connection, so a seeder
 # remembers an opening from every past download.
 ASKING_WITHIN = 10.0
+# Requests one downloader may have waiting here; its Gets beyond that are ignored.
+# An honest one asks a peer for at most download.MAX_CREDIT (24) pieces at a time.
+MAX_QUEUED_PER_DOWNLOADER = 64
+# Pieces handed to zmq for one user and not yet written to the connection, beyond
+# which that user's requests wait.  SNDHWM is 0 (a piece reply is never dropped),
+# so without this a member who asks and never reads would have zmq hold every
+# piece asked for: 2,000 Gets took a seeder from 58 MB to 1 GB.
+MAX_UNSENT_PER_USER = 48
+# How soon requests held back by MAX_UNSENT_PER_USER are looked at again.
+UNSENT_RETRY_MS = 5
 # Tickets being asked about at once; past this a new one is told to come back soon
 # (each costs a tracker call, and a stranger can make up any number of them).
 MAX_ASKING = 256
@@ -106,7 +117,11 @@ class PieceServer:
         # LRU so a flood of connections stays bounded
         self._opened: collections.OrderedDict[bytes, dict[Key, Credentials]] = (
             collections.OrderedDict())
-        self._queue: collections.deque[tuple[bytes, Key, int]] = collections.deque()
+        self._queue = RequestQueue()
+        # user -> trackers of the pieces sent to them that zmq has not written out yet
+        # (oldest first; see MAX_UNSENT_PER_USER)
+        self._unsent: dict[str, collections.deque[zmq.MessageTracker]] = {}
+        self._ignoring: set[bytes] = set()  # downloaders told of in the log as flooding
         self._recent = RecentPieces(RECENT_PIECES)
         # downloader -> when it last opened a file or asked for a piece, latest last,
         # none older than ASKING_WITHIN
@@ -174,6 +189,9 @@ class PieceServer:
                 if self._last_sent is not None and now - self._last_sent >= RELEASE_AFTER_IDLE:
                     self._last_sent = None
                     self._recent.clear()  # kept for downloaders asking together: none now
+                    for user in list(self._unsent):
+                        self._unsent_count(user)  # forgets the users with nothing unsent
+                    self._ignoring.clear()
                     self._guarded("give back free memory", release_free_memory)
         finally:
             self._sock.close(0)
@@ -313,7 +331,7 @@ class PieceServer:
         # So its next Gets are refused without asking.  (An earlier withdrawal may have
         # found the downloader gone and forgotten it whole.)
         self._opened.get(ident, {}).pop(key, None)
-        self._queue = collections.deque(e for e in self._queue if e[:2] != (ident, key))
+        self._queue.drop(lambda request: request[:2] == (ident, key))
         # No index: the opening is withdrawn, not one piece (the downloader drops us).
         self._refuse(ident, key[1], "not_member",
                      f"{user} may no longer download from group {group}")
@@ -330,6 +348,12 @@ class PieceServer:
         if key not in self._opened.get(ident, {}):
             self._refuse(ident, get.name, "not_member", "send hello with a valid ticket first",
                          get.index)
+            return
+        if self._queue.count(ident) >= MAX_QUEUED_PER_DOWNLOADER:
+            if ident not in self._ignoring and len(self._ignoring) < MAX_DOWNLOADERS:
+                self._ignoring.add(ident)
+                log.warning("ignoring Gets beyond %d waiting from one downloader of %s",
+                            MAX_QUEUED_PER_DOWNLOADER, get.name)
             return
         self._asked(ident, time.monotonic())
         self._queue.append((ident, key, get.index))
@@ -356,15 +380,21 @@ class PieceServer:
         """Drop a queued Get of this downloader; one already sent (or unknown) is ignored."""
         entry = (ident, (cancel.group, cancel.name), cancel.index)
         if entry in self._queue:
-            self._queue = collections.deque(e for e in self._queue if e != entry)
+            self._queue.drop(lambda request: request == entry)
 
-    def _send(self, ident: bytes, frames: list[Any], copy: bool = True) -> bool:
+    def _send(self, ident: bytes, frames: list[Any], unsent_for: str | None = None) -> bool:
         """Send to one downloader; if it is gone, forget it and its queued requests.
 
-        ``copy=False`` hands the frames' buffers to zmq: they must never change.
+        With ``unsent_for`` (a user) the frames' buffers go to zmq uncopied (they
+        must never change) and count among that user's unsent pieces until zmq has
+        written them out.
         """
         try:
-            self._sock.send_multipart([ident, *frames], copy=copy)
+            if unsent_for is None:
+                self._sock.send_multipart([ident, *frames])
+            else:
+                tracker = self._sock.send_multipart([ident, *frames], copy=False, track=True)
+                self._unsent.setdefault(unsent_for, collections.deque()).append(tracker)
         except zmq.Again:  # not with SNDHWM=0; never let it stop the loop
             log.warning("dropped a reply to a downloader whose queue is full")
             return False
@@ -372,27 +402,38 @@ class PieceServer:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
             self._opened.pop(ident, None)
-            if any(e[0] == ident for e in self._queue):
-                self._queue = collections.deque(e for e in self._queue if e[0] != ident)
+            self._queue.drop(lambda request: request[0] == ident)
             return False
         return True
+
+    def _unsent_count(self, user: str) -> int:
+        """Pieces sent to ``user`` that zmq has not written out yet (at least)."""
+        trackers = self._unsent.get(user)
+        while trackers and trackers[0].done:
+            trackers.popleft()
+        if not trackers:
+            self._unsent.pop(user, None)
+            return 0
+        return len(trackers)
 
     def _send_queued(self) -> int:
         """Serve queued requests as the rate limit allows; returns ms until the next try.
 
-        A request whose ticket is not trusted now (a tracker is being asked) stays
-        queued, in its place, while the others go out.
+        A request whose ticket is not trusted now (a tracker is being asked), or
+        whose user has MAX_UNSENT_PER_USER pieces not written out yet, stays queued,
+        in its place, while the others go out.
         """
-        held: list[tuple[bytes, Key, int]] = []
+        held: list[Request] = []
         try:
             return self._send_trusted(held)
         finally:
-            self._queue.extendleft(reversed(held))
+            self._queue.put_back(held)
 
-    def _send_trusted(self, held: list[tuple[bytes, Key, int]]) -> int:
+    def _send_trusted(self, held: list[Request]) -> int:
         now = time.monotonic()
+        wait = 100
         while self._queue:
-            ident, key, index = self._queue[0]
+            ident, key, index = self._queue.first()
             source = self.registry.get(key)
             if source is None:
                 self._queue.popleft()
@@ -404,6 +445,10 @@ class PieceServer:
                 continue
             if not self._trusted(credentials, now):
                 held.append(self._queue.popleft())
+                continue
+            if self._unsent_count(credentials[0]) >= MAX_UNSENT_PER_USER:
+                held.append(self._queue.popleft())
+                wait = UNSENT_RETRY_MS
                 continue
             if self._bucket is not None:  # charged what it sends: the last piece may be short
                 length = piece_range(index, source.size)[1] if source.has(index) else 0
@@ -421,10 +466,11 @@ class PieceServer:
                              index)
                 continue
             # Not copied: the bytes never change, and a kept piece goes to several.
-            if self._send(ident, [msg.piece_frames(key[1], index), data], copy=False):
+            if self._send(ident, [msg.piece_frames(key[1], index), data],
+                          unsent_for=credentials[0]):
                 self.registry.served[key] += 1
                 self._last_sent = now
-        return 100
+        return wait
 
     def _read(self, ident: bytes, source: Source, index: int, now: float) -> bytes | None:
         """Piece ``index`` of ``source`` for downloader ``ident``: kept from an earlier

@@ -237,6 +237,40 @@ def test_pieces_are_not_kept_for_a_downloader_gone_without_a_word(
         s.close()
 
 
+def test_a_downloader_that_asks_and_never_reads_holds_up_only_itself(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without a bound, zmq would hold every piece such a downloader asked for.
+    monkeypatch.setattr(piece_server, "MAX_UNSENT_PER_USER", 2)
+    monkeypatch.setattr(piece_server, "MAX_QUEUED_PER_DOWNLOADER", 8)
+    s = Served(tmp_path, limit=None)
+    s.server.start()
+    try:
+        flooder: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
+        s.sockets.append(flooder)
+        flooder.setsockopt(zmq.LINGER, 0)
+        flooder.setsockopt(zmq.RCVHWM, 1)  # takes nothing more in while one reply waits
+        flooder.setsockopt(zmq.RCVBUF, 4096)
+        flooder.connect(f"tcp://127.0.0.1:{s.port}")
+        assert isinstance(hello(flooder, s.sha1), msg.Have)
+        for index in range(40):
+            send(flooder, msg.Get(*KEY, index % 5))
+        carol = s.connect()
+        send(carol, msg.Hello(*KEY, s.sha1, "carol", "ticket"))
+        assert isinstance(reply(carol, 5), msg.Have)
+        send(carol, msg.Get(*KEY, 5))
+        assert piece_index(carol, 5) == 5  # served past the flooder's waiting requests
+        sent = s.served - 1  # read before what waits: a send in between only lowers the sum
+        waiting = len(s.server._queue)
+        # 2 unsent in zmq and a few in the kernel's socket buffers, not the 40 asked for;
+        # 8 waiting at most, the others ignored
+        assert sent < 20, sent
+        assert waiting <= 8
+        for _ in range(sent + waiting):  # once it reads, what waited goes out too
+            assert piece_index(flooder, 5) in range(5)
+    finally:
+        s.close()
+
+
 def test_a_recently_served_piece_goes_only_to_shares_that_hold_it(tmp_path: Path) -> None:
     # The same file (same SHA1) shared in another group by a downloader that does not
     # hold piece 0 yet: the copy of piece 0 just served from the first share must not
