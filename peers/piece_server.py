@@ -393,7 +393,13 @@ class PieceServer:
             if unsent_for is None:
                 self._sock.send_multipart([ident, *frames])
             else:
-                tracker = self._sock.send_multipart([ident, *frames], copy=False, track=True)
+                # The last frame as a Frame of its own: pyzmq would copy a short one
+                # (under copy_threshold, a short last piece or a small file's only one)
+                # and hand back a tracker done at once, which bounds nothing.
+                *head, last = frames
+                tracker = self._sock.send_multipart(
+                    [ident, *head, zmq.Frame(last, copy=False, track=True)],
+                    copy=False, track=True)
                 self._unsent.setdefault(unsent_for, collections.deque()).append(tracker)
         except zmq.Again:  # not with SNDHWM=0; never let it stop the loop
             log.warning("dropped a reply to a downloader whose queue is full")
@@ -407,10 +413,15 @@ class PieceServer:
         return True
 
     def _unsent_count(self, user: str) -> int:
-        """Pieces sent to ``user`` that zmq has not written out yet (at least)."""
+        """Pieces sent to ``user`` that zmq has not written out yet."""
         trackers = self._unsent.get(user)
         while trackers and trackers[0].done:
             trackers.popleft()
+        if trackers and len(trackers) >= MAX_UNSENT_PER_USER:
+            # The oldest may wait on one slow connection of the user's while pieces
+            # sent later on another went out: count only what zmq still holds.
+            trackers = collections.deque(t for t in trackers if not t.done)
+            self._unsent[user] = trackers
         if not trackers:
             self._unsent.pop(user, None)
             return 0
@@ -432,6 +443,7 @@ class PieceServer:
     def _send_trusted(self, held: list[Request]) -> int:
         now = time.monotonic()
         wait = 100
+        blocked: set[str] = set()  # users found at MAX_UNSENT_PER_USER in this pass
         while self._queue:
             ident, key, index = self._queue.first()
             source = self.registry.get(key)
@@ -446,7 +458,9 @@ class PieceServer:
             if not self._trusted(credentials, now):
                 held.append(self._queue.popleft())
                 continue
-            if self._unsent_count(credentials[0]) >= MAX_UNSENT_PER_USER:
+            if (credentials[0] in blocked
+                    or self._unsent_count(credentials[0]) >= MAX_UNSENT_PER_USER):
+                blocked.add(credentials[0])  # sends in this pass only add to its count
                 held.append(self._queue.popleft())
                 wait = UNSENT_RETRY_MS
                 continue

@@ -8,6 +8,7 @@ server wrongly kept would show up as a piece about a second later.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import threading
 import types
@@ -269,6 +270,49 @@ def test_a_downloader_that_asks_and_never_reads_holds_up_only_itself(
             assert piece_index(flooder, 5) in range(5)
     finally:
         s.close()
+
+
+def _close_unstarted(s: Served) -> None:
+    for sock in s.sockets:
+        sock.close(0)
+    s.server._sock.close(0)
+    s.server._notices.close(0)
+
+
+def test_a_short_piece_counts_among_the_unsent_like_a_whole_one(tmp_path: Path) -> None:
+    # pyzmq copies a frame under its copy_threshold (64 KiB) even with copy=False and
+    # returns a tracker that is done at once: a member asking for a short last piece
+    # (or a small file) again and again, never reading, would escape the bound.
+    s = Served(tmp_path, limit=None, tail=1000)  # the server thread is not started
+    try:
+        sock = s.connect()
+        send(sock, msg.Get(*KEY, COUNT))  # for its identity on the ROUTER
+        assert s.server._sock.poll(5000)
+        ident, _body = s.server._sock.recv_multipart()
+        data = s.data[COUNT * PIECE_SIZE:]
+        assert len(data) == 1000
+        assert s.server._send(ident, [msg.piece_frames(KEY[1], COUNT), data], unsent_for="bob")
+        tracker = s.server._unsent["bob"][-1]
+        assert tracker.events, "a tracker done from the start"
+        tracker.wait(5)  # done once zmq has written it out
+        assert piece_index(sock, 5) == COUNT
+    finally:
+        _close_unstarted(s)
+
+
+def test_pieces_gone_out_behind_a_slow_connection_are_not_counted_unsent(
+        tmp_path: Path) -> None:
+    # One user, two connections: the oldest piece waits on a slow (or sleeping) one
+    # while the pieces sent since on the other went out.  Counting those would stop
+    # the fast connection until the slow one reads, past its SILENCE_TIMEOUT.
+    s = Served(tmp_path, limit=None)
+    try:
+        waiting, gone = types.SimpleNamespace(done=False), types.SimpleNamespace(done=True)
+        trackers: list[Any] = [waiting] + [gone] * (piece_server.MAX_UNSENT_PER_USER - 1)
+        s.server._unsent["bob"] = collections.deque(trackers)
+        assert s.server._unsent_count("bob") == 1
+    finally:
+        _close_unstarted(s)
 
 
 def test_a_recently_served_piece_goes_only_to_shares_that_hold_it(tmp_path: Path) -> None:
