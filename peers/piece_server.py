@@ -49,16 +49,19 @@ RECENT_PIECES = 32
 # recently: nothing tells the server a downloader closed its connection, so a seeder
 # remembers an opening from every past download.
 ASKING_WITHIN = 10.0
-# Requests one downloader may have waiting here; its Gets beyond that are ignored.
-# An honest one asks a peer for at most download.MAX_CREDIT (24) pieces at a time.
-MAX_QUEUED_PER_DOWNLOADER = 64
+# Requests one user may have waiting here, over all their connections; Gets beyond
+# that are ignored.  A download asks a peer for at most download.MAX_CREDIT (24)
+# pieces at a time, so this leaves room for ten at once.  It also bounds the work
+# of walking past a user's held requests (see MAX_UNSENT_PER_USER).
+MAX_QUEUED_PER_USER = 256
 # Pieces handed to zmq for one user and not yet written to the connection, beyond
 # which that user's requests wait.  SNDHWM is 0 (a piece reply is never dropped),
 # so without this a member who asks and never reads would have zmq hold every
 # piece asked for: 2,000 Gets took a seeder from 58 MB to 1 GB.
 MAX_UNSENT_PER_USER = 48
-# How soon requests held back by MAX_UNSENT_PER_USER are looked at again.
-UNSENT_RETRY_MS = 5
+# How soon requests held back by MAX_UNSENT_PER_USER are looked at again: 24 MiB
+# already on its way keeps a connection busy for longer than that.
+UNSENT_RETRY_MS = 20
 # Tickets being asked about at once; past this a new one is told to come back soon
 # (each costs a tracker call, and a stranger can make up any number of them).
 MAX_ASKING = 256
@@ -121,7 +124,7 @@ class PieceServer:
         # user -> trackers of the pieces sent to them that zmq has not written out yet
         # (oldest first; see MAX_UNSENT_PER_USER)
         self._unsent: dict[str, collections.deque[zmq.MessageTracker]] = {}
-        self._ignoring: set[bytes] = set()  # downloaders told of in the log as flooding
+        self._ignoring: set[str] = set()  # users told of in the log as asking too much
         self._recent = RecentPieces(RECENT_PIECES)
         # downloader -> when it last opened a file or asked for a piece, latest last,
         # none older than ASKING_WITHIN
@@ -345,18 +348,19 @@ class PieceServer:
 
     def _get(self, ident: bytes, get: msg.Get) -> None:
         key = (get.group, get.name)
-        if key not in self._opened.get(ident, {}):
+        credentials = self._opened.get(ident, {}).get(key)
+        if credentials is None:
             self._refuse(ident, get.name, "not_member", "send hello with a valid ticket first",
                          get.index)
             return
-        if self._queue.count(ident) >= MAX_QUEUED_PER_DOWNLOADER:
-            if ident not in self._ignoring and len(self._ignoring) < MAX_DOWNLOADERS:
-                self._ignoring.add(ident)
-                log.warning("ignoring Gets beyond %d waiting from one downloader of %s",
-                            MAX_QUEUED_PER_DOWNLOADER, get.name)
+        user = credentials[0]
+        if self._queue.count(user) >= MAX_QUEUED_PER_USER:
+            if user not in self._ignoring and len(self._ignoring) < MAX_DOWNLOADERS:
+                self._ignoring.add(user)
+                log.warning("ignoring Gets from %s beyond %d waiting", user, MAX_QUEUED_PER_USER)
             return
         self._asked(ident, time.monotonic())
-        self._queue.append((ident, key, get.index))
+        self._queue.append((ident, key, get.index, user))
 
     def _asked(self, ident: bytes, now: float) -> None:
         """Downloader ``ident`` opened a file or asked for a piece at ``now``."""
@@ -378,7 +382,11 @@ class PieceServer:
 
     def _cancel(self, ident: bytes, cancel: msg.Cancel) -> None:
         """Drop a queued Get of this downloader; one already sent (or unknown) is ignored."""
-        entry = (ident, (cancel.group, cancel.name), cancel.index)
+        key = (cancel.group, cancel.name)
+        credentials = self._opened.get(ident, {}).get(key)
+        if credentials is None:  # withdrawn: its requests are gone already
+            return
+        entry = (ident, key, cancel.index, credentials[0])
         if entry in self._queue:
             self._queue.drop(lambda request: request == entry)
 
@@ -445,7 +453,7 @@ class PieceServer:
         wait = 100
         blocked: set[str] = set()  # users found at MAX_UNSENT_PER_USER in this pass
         while self._queue:
-            ident, key, index = self._queue.first()
+            ident, key, index, _user = self._queue.first()
             source = self.registry.get(key)
             if source is None:
                 self._queue.popleft()

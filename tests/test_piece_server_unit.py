@@ -242,7 +242,7 @@ def test_a_downloader_that_asks_and_never_reads_holds_up_only_itself(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Without a bound, zmq would hold every piece such a downloader asked for.
     monkeypatch.setattr(piece_server, "MAX_UNSENT_PER_USER", 2)
-    monkeypatch.setattr(piece_server, "MAX_QUEUED_PER_DOWNLOADER", 8)
+    monkeypatch.setattr(piece_server, "MAX_QUEUED_PER_USER", 30)
     s = Served(tmp_path, limit=None)
     s.server.start()
     try:
@@ -262,10 +262,10 @@ def test_a_downloader_that_asks_and_never_reads_holds_up_only_itself(
         assert piece_index(carol, 5) == 5  # served past the flooder's waiting requests
         sent = s.served - 1  # read before what waits: a send in between only lowers the sum
         waiting = len(s.server._queue)
-        # 2 unsent in zmq and a few in the kernel's socket buffers, not the 40 asked for;
-        # 8 waiting at most, the others ignored
+        # 2 unsent in zmq and a few in the kernel's socket buffers: not the 30 it may
+        # have waiting, nor the 40 asked for; at most 30 wait, the rest were ignored
         assert sent < 20, sent
-        assert waiting <= 8
+        assert waiting <= 30
         for _ in range(sent + waiting):  # once it reads, what waited goes out too
             assert piece_index(flooder, 5) in range(5)
     finally:
