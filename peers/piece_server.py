@@ -7,9 +7,11 @@ peer's own address (one shown to another peer is worthless here).  The answer is
 cached briefly and asked for again while the connection is in use, so a user who
 left the group loses an open connection too (see ticket_checks: the asking never
 holds up the pieces going to others).  Its Get requests are served in order as
-the upload limit allows, each only while its ticket is trusted; a Cancel
-withdraws one still queued, and a downloader found gone (its connection closed)
-loses all its queued requests.
+the upload limit allows, each only while its ticket is trusted and while its user
+has fewer than MAX_UNSENT_PER_USER pieces not yet written out (a member who asks
+and never reads makes the server hold no more); a Cancel withdraws one still
+queued, and a downloader found gone (its connection closed) loses all its queued
+requests.
 Pieces verified later are pushed to it as Have notices.
 """
 
@@ -57,7 +59,7 @@ MAX_QUEUED_PER_USER = 256
 # Pieces handed to zmq for one user and not yet written to the connection, beyond
 # which that user's requests wait.  SNDHWM is 0 (a piece reply is never dropped),
 # so without this a member who asks and never reads would have zmq hold every
-# piece asked for: 2,000 Gets took a seeder from 58 MB to 1 GB.
+# piece asked for: 2,000 Gets grew a piece server's process from 58 MB to 1 GB.
 MAX_UNSENT_PER_USER = 48
 # How soon requests held back by MAX_UNSENT_PER_USER are looked at again: 24 MiB
 # already on its way keeps a connection busy for longer than that.
