@@ -60,10 +60,13 @@ class Served:
                                   lambda asked: [True] * len(asked), upload_limit=limit)
         self.sockets: list[zmq.Socket[Any]] = []
 
-    def connect(self) -> zmq.Socket[Any]:
-        """A DEALER connected to the server, closed with it; nothing opened yet."""
+    def connect(self, **options: int) -> zmq.Socket[Any]:
+        """A DEALER connected to the server, closed with it; nothing opened yet.
+        ``options`` are socket options set before connecting (``RCVHWM=1``)."""
         sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        for name, value in options.items():
+            sock.setsockopt(getattr(zmq, name), value)
         sock.connect(f"tcp://127.0.0.1:{self.port}")
         self.sockets.append(sock)
         return sock
@@ -246,12 +249,8 @@ def test_a_downloader_that_asks_and_never_reads_holds_up_only_itself(
     s = Served(tmp_path, limit=None)
     s.server.start()
     try:
-        flooder: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
-        s.sockets.append(flooder)
-        flooder.setsockopt(zmq.LINGER, 0)
-        flooder.setsockopt(zmq.RCVHWM, 1)  # takes nothing more in while one reply waits
-        flooder.setsockopt(zmq.RCVBUF, 4096)
-        flooder.connect(f"tcp://127.0.0.1:{s.port}")
+        # takes nothing more in while one reply waits, with a small kernel buffer
+        flooder = s.connect(RCVHWM=1, RCVBUF=4096)
         assert isinstance(hello(flooder, s.sha1), msg.Have)
         for index in range(40):
             send(flooder, msg.Get(*KEY, index % 5))
