@@ -389,8 +389,7 @@ class PieceServer:
         if credentials is None:  # withdrawn: its requests are gone already
             return
         entry = (ident, key, cancel.index, credentials[0])
-        if entry in self._queue:
-            self._queue.drop(lambda request: request == entry)
+        self._queue.drop(lambda request: request == entry)
 
     def _send(self, ident: bytes, frames: list[Any], unsent_for: str | None = None) -> bool:
         """Send to one downloader; if it is gone, forget it and its queued requests.
