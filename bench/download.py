@@ -7,7 +7,9 @@ MB/s, the ratio to the baseline measured in the same round (the same bytes sent 
 over pyzmq DEALER -> ROUTER with SHA1 computed on the receiving side), and each
 downloader's peak RSS.  Each round measures all three back to back; the last lines
 give the median ratio over the rounds, since one round on a shared machine can be
-off by 15% either way.
+off by 15% either way.  Beside each measurement it prints how much of the two cores
+sat idle and how much time the hypervisor stole for other machines (a round with
+much stolen ran on a busy host).
 """
 
 from __future__ import annotations
@@ -70,18 +72,22 @@ def baseline(path: Path, size: int) -> float:
     digest = hashlib.sha1()
     received = 0
     start = 0.0
+    ticks: list[int] = []
     while True:
         _ident, frame = sock.recv_multipart(copy=False)
         if not start:
             start = time.perf_counter()
+            ticks = machine_times()
         if not len(frame):
             break
         digest.update(frame.buffer)
         received += len(frame)
     elapsed = time.perf_counter() - start
+    spent = idle_and_stolen(ticks, machine_times())
     sender.wait()
     sock.close(0)
     assert received == size
+    print(f"  (baseline: {spent})")
     return size / elapsed / 1e6
 
 
@@ -96,6 +102,21 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_times() -> list[int]:
+    """The machine's CPU time so far, in clock ticks, as /proc/stat's first line counts it
+    (user, nice, system, idle, iowait, irq, softirq, steal)."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def idle_and_stolen(before: list[int], after: list[int]) -> str:
+    """How much of the cores sat idle (or waited on the disk), and how much the
+    hypervisor gave to other machines, between two ``machine_times``: a round with
+    much stolen ran on a busy host and says little."""
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(spent) or 1
+    return f"machine idle {(spent[3] + spent[4]) / total:.0%}, stolen {spent[7] / total:.0%}"
 
 
 def member(c: object, client: ClientProc, name: str, owner: ClientProc | None) -> None:
@@ -122,6 +143,7 @@ def run_swarm(root: Path, source: Path, size: int, downloaders: int) -> tuple[fl
             (work / f"out{i}").mkdir()
             clients.append(d)
         cpu_before = [cpu_seconds(p.proc.pid) for p in [seeder, *clients]]
+        ticks = machine_times()
         start = time.perf_counter()
         for i, d in enumerate(clients):
             d.ok(f"download_file bench {source.name} {work / f'out{i}'}")
@@ -129,10 +151,11 @@ def run_swarm(root: Path, source: Path, size: int, downloaders: int) -> tuple[fl
             result = d.ok("wait", timeout=600)
             assert all(r["state"] == "complete" for r in result), result
         elapsed = time.perf_counter() - start
+        spent = idle_and_stolen(ticks, machine_times())
         cpu = [cpu_seconds(p.proc.pid) - b
                for p, b in zip([seeder, *clients], cpu_before, strict=True)]
         print(f"  ({downloaders} downloader(s): CPU seconds seeder {cpu[0]:.2f}, downloaders "
-              + ", ".join(f"{x:.2f}" for x in cpu[1:]) + f", wall {elapsed:.2f})")
+              + ", ".join(f"{x:.2f}" for x in cpu[1:]) + f", wall {elapsed:.2f}; {spent})")
         rss = [peak_rss_mb(d.proc.pid) for d in clients]
         for i in range(downloaders):
             for line in (work / f"d{i}.log").read_text().splitlines():
