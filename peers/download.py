@@ -170,10 +170,13 @@ class Download:
                 self._close(link)
             self._links.clear()
             if partial is not None:
-                if self.state == "failed":
-                    partial.discard()
-                else:
-                    partial.close()
+                try:
+                    if self.state == "failed":
+                        partial.discard()
+                    else:
+                        partial.close()
+                except OSError as exc:  # the download must still end, or wait never returns
+                    log.warning("could not save the progress of %s: %s", self.name, exc)
             try:
                 if self.state != "downloading":
                     self.host.ended(self)

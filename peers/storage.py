@@ -643,19 +643,34 @@ class PartialDownload:
         _remove_record(resume_path)
 
     def discard(self) -> None:
-        """Delete the partial file and resume record, leaving nothing behind."""
-        if not self._finished:
-            _unlink(self.part_path)  # while still locked: nobody else can be writing it
-        self._close_fd()
-        self._remove_resume()
+        """Delete the partial file and resume record, leaving nothing behind.
+
+        A file that cannot be deleted (its directory was removed or replaced
+        meanwhile, say) is logged, not raised: this runs while a download is
+        already failing, and the descriptor and its lock are released all the same.
+        """
+        try:
+            if not self._finished:
+                _unlink(self.part_path)  # while still locked: nobody else can be writing it
+        except OSError as exc:
+            log.warning("cannot delete the partial file %s: %s", self.part_path, exc)
+        finally:
+            self._close_fd()
+        try:
+            self._remove_resume()
+        except OSError as exc:
+            log.warning("cannot delete the resume record %s: %s", self.resume_path, exc)
 
     def close(self) -> None:
-        """Persist progress (unless finished) and release the file descriptor."""
+        """Persist progress (unless finished) and release the file descriptor, also
+        when the progress cannot be saved (that error is raised afterwards)."""
         if self._fd is None:
             return
-        if not self._finished and self._unsaved:
-            self._save()
-        self._close_fd()
+        try:
+            if not self._finished and self._unsaved:
+                self._save()
+        finally:
+            self._close_fd()
 
     def _close_fd(self) -> None:
         self._stop_hasher()

@@ -246,3 +246,20 @@ def test_a_download_that_cannot_be_recorded_does_not_start(one_tracker: Cluster,
     bob.ok(f"download_file g f.bin {dest}")  # nothing stale stands in the way
     done(bob, "g", "f.bin")
     assert (dest / "f.bin").read_bytes() == data
+
+
+def test_a_destination_replaced_by_a_file_fails_the_download_and_wait_returns(
+        one_tracker: Cluster, tmp_path: Path) -> None:
+    cl, _data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
+    bob = cl["bob"]
+    started(bob, dest)
+    for child in dest.iterdir():
+        child.unlink()
+    dest.rmdir()
+    dest.write_bytes(b"the user's own")  # the partial file's directory is now a file
+    failed = bob.ok("wait g f.bin", timeout=30)[-1]
+    assert failed["state"] == "failed" and "cannot write" in failed["error"], failed
+    assert dest.read_bytes() == b"the user's own"
+    assert [e["event"] for e in bob.events] == ["download_failed"]
+    assert list((bob.data_dir / "partial").iterdir()) == []
+    bob.ok("list_groups")  # and the client goes on

@@ -196,6 +196,39 @@ def test_discard_leaves_no_files(tmp_path: Path, src: Source) -> None:
         dl.write_piece(0, src.piece(0))
 
 
+def test_discard_where_the_partial_file_cannot_be_deleted_still_closes(
+        tmp_path: Path, src: Source) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    dl = PartialDownload.open(dest / "out.bin", src.size, src.sha1, src.hashes,
+                              tmp_path / "out.resume.json")
+    assert dl.write_piece(0, src.piece(0))
+    dl.part_path.unlink()
+    dest.rmdir()
+    dest.write_bytes(b"the user's own")  # unlinking .out.bin.part now fails: ENOTDIR
+    dl.discard()
+    with pytest.raises(ValueError, match="closed"):
+        dl.read_piece(0)
+    assert listing(tmp_path) == {"dest"}
+
+
+def test_close_that_cannot_save_progress_still_releases_the_file(
+        tmp_path: Path, src: Source) -> None:
+    records = tmp_path / "records"
+    records.mkdir()
+    dl = PartialDownload.open(tmp_path / "out.bin", src.size, src.sha1, src.hashes,
+                              records / "r.json")
+    assert dl.write_piece(0, src.piece(0))  # not saved yet: within SAVE_INTERVAL
+    (records / "r.json").unlink()
+    records.rmdir()
+    with pytest.raises(OSError):
+        dl.close()
+    records.mkdir()
+    again = PartialDownload.open(tmp_path / "out.bin", src.size, src.sha1, src.hashes,
+                                 records / "r.json")  # not "another download is writing"
+    again.discard()
+
+
 def write_all(dl: PartialDownload, src: Source) -> None:
     for i in range(piece_count(src.size)):
         assert dl.write_piece(i, src.piece(i))
