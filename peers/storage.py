@@ -72,8 +72,8 @@ def _unlink(path: Path) -> None:
 
 
 def _remove_record(resume_path: Path) -> None:
+    _unlink(resume_path.with_name(resume_path.name + ".tmp"))  # first: the surer to go
     _unlink(resume_path)
-    _unlink(resume_path.with_name(resume_path.name + ".tmp"))
 
 
 def replace_json(path: Path, data: Any, indent: int | None = None) -> None:
@@ -317,7 +317,8 @@ class PartialDownload:
         """Open (resuming if a valid record and partial file exist) or start a download.
 
         Pieces the resume record marks present are re-hashed from the partial
-        file and dropped if they no longer match.
+        file and dropped if they no longer match.  If it fails, it leaves no
+        partial file or resume record behind.
         """
         final_path = Path(final_path)
         resume_path = Path(resume_path)
@@ -354,7 +355,9 @@ class PartialDownload:
                 self._reverify()
             self._save()
         except BaseException:
-            self._close_fd()
+            # A download that cannot start has failed: a preallocated partial file
+            # left behind would hold the disk space (the usual cause: a full disk).
+            self.discard()
             raise
         return self
 

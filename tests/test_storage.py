@@ -229,6 +229,20 @@ def test_close_that_cannot_save_progress_still_releases_the_file(
     again.discard()
 
 
+def test_a_download_whose_resume_record_cannot_be_written_leaves_nothing(
+        tmp_path: Path, src: Source) -> None:
+    # As on a disk with room for the preallocated file but not for the record.
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (tmp_path / "r.json").mkdir()
+    (tmp_path / "r.json" / "x").write_text("")  # os.replace onto it fails
+    with pytest.raises(OSError):
+        PartialDownload.open(dest / "out.bin", src.size, src.sha1, src.hashes,
+                             tmp_path / "r.json")
+    assert listing(dest) == set()  # no hidden preallocated file holding the space
+    assert listing(tmp_path) == {"dest", "r.json"}  # nor a half-written record
+
+
 def write_all(dl: PartialDownload, src: Source) -> None:
     for i in range(piece_count(src.size)):
         assert dl.write_piece(i, src.piece(i))
