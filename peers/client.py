@@ -51,6 +51,12 @@ def _well_formed(user: str, group: str, ticket: str) -> bool:
     return True
 
 
+def _changed(before: os.stat_result, after: os.stat_result) -> bool:
+    """Whether a file was written to (or replaced) between two stats of it."""
+    return ((before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns)
+            != (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns))
+
+
 class Client:
     """The session (who is logged in, with which token) and every command's effect."""
 
@@ -196,8 +202,13 @@ class Client:
             hashed_at = time.time_ns()
             before = path.stat()
             digest = hash_file(path)
+            after = path.stat()
         except OSError as exc:
             raise LocalError(f"cannot read {path_text}: {exc}", "io_error") from None
+        if _changed(before, after) or digest.size != after.st_size:
+            # Its hashes would match no state of the file: nobody could download it.
+            raise LocalError(f"{path_text} changed while it was being hashed; share it once "
+                             "nothing writes to it any more", "io_error")
         pieces = b"".join(digest.piece_hashes)
         before_share = self.registry.get((group, name))
         self._announce_share(group, name, digest.size, digest.sha1, pieces, path,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -303,3 +304,39 @@ def test_second_download_of_a_running_file_is_refused(one_tracker: Cluster,
     done(bob, "g", "f.bin")
     assert (tmp_path / "dl" / "one.bin").read_bytes() == data
     assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["one.bin"]
+
+
+def test_a_file_written_while_it_is_hashed_is_not_shared(one_tracker: Cluster,
+                                                         tmp_path: Path) -> None:
+    """Hashes of a file that changed under the hashing match no state of it: downloads
+    of it would wait forever for a piece nobody can serve."""
+    cl = group_of(one_tracker, ["alice", "bob"])
+    alice, bob = cl["alice"], cl["bob"]
+    path = tmp_path / "a" / "log.bin"
+    make_file(path, 64 * 1024 * 1024)
+    stop = threading.Event()
+
+    def write() -> None:  # someone still writing the file, near its start
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                os.pwrite(fd, n.to_bytes(8, "big"), 0)
+                stop.wait(0.001)
+        finally:
+            os.close(fd)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        error = alice.fails(f"upload_file {path} g", "io_error", timeout=60)
+    finally:
+        stop.set()
+        writer.join(10)
+    assert "changed while" in error
+    assert alice.ok("list_shares") == [] and seeders(bob, "g", "log.bin") == 0
+    alice.ok(f"upload_file {path} g")  # once nobody writes it, it is shared
+    bob.ok(f"download_file g log.bin {tmp_path / 'b.bin'}")
+    done(bob, "g", "log.bin", timeout=60)
+    assert (tmp_path / "b.bin").read_bytes() == path.read_bytes()
