@@ -21,6 +21,8 @@ from peers.storage import PartialDownload, replace_json
 
 log = logging.getLogger(__name__)
 
+_ENTRY_FIELDS = ("user", "group", "name", "path")  # what every saved download has
+
 
 def resolve_destination(destination: str, name: str) -> Path:
     """The file a download writes: ``destination/name`` for a directory, else the path.
@@ -181,9 +183,12 @@ class Downloads:
     # --- the record ---------------------------------------------------------------------
 
     def _entries(self) -> list[dict[str, Any]]:
+        """The saved downloads; an entry without its fields (a file edited by hand, or
+        garbled) is left out, so that it can stop no login."""
         try:
             entries = json.loads(self._record.read_text())["downloads"]
-            return [e for e in entries if isinstance(e, dict)]
+            return [e for e in entries if isinstance(e, dict)
+                    and all(isinstance(e.get(k), str) for k in _ENTRY_FIELDS)]
         except FileNotFoundError:
             return []
         except (ValueError, KeyError, TypeError) as exc:

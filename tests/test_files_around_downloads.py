@@ -263,3 +263,20 @@ def test_a_destination_replaced_by_a_file_fails_the_download_and_wait_returns(
     assert [e["event"] for e in bob.events] == ["download_failed"]
     assert list((bob.data_dir / "partial").iterdir()) == []
     bob.ok("list_groups")  # and the client goes on
+
+
+def test_a_garbled_saved_download_does_not_break_login(one_tracker: Cluster,
+                                                       tmp_path: Path) -> None:
+    cl, data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
+    bob = cl["bob"]
+    started(bob, dest)
+    bob.ok("logout")
+    record = bob.data_dir / "downloads.json"
+    saved = json.loads(record.read_text())
+    good = saved["downloads"][0]
+    saved["downloads"] = [{"user": "bob", "group": "g"}, {"group": "g", "name": "x"},
+                          {**good, "path": 7}, good]
+    record.write_text(json.dumps(saved))
+    assert login(bob, "bob", create=False)["resumed"] == ["f.bin"]
+    done(bob, "g", "f.bin")
+    assert (dest / "f.bin").read_bytes() == data
