@@ -544,6 +544,10 @@ class PartialDownload:
         try:
             _pwrite_all(fd, memoryview(json.dumps(record).encode()), 0)
             os.fsync(fd)
+        except OSError as exc:
+            # Name the file: the data dir may be on another disk than the download
+            # (a full one there would otherwise read as the destination's).
+            raise OSError(exc.errno, exc.strerror, str(tmp)) from exc
         finally:
             os.close(fd)
         os.replace(tmp, self.resume_path)

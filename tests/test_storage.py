@@ -243,6 +243,27 @@ def test_a_download_whose_resume_record_cannot_be_written_leaves_nothing(
     assert listing(tmp_path) == {"dest", "r.json"}  # nor a half-written record
 
 
+def test_a_resume_record_that_cannot_be_written_is_named_in_the_error(
+        tmp_path: Path, src: Source, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The data dir is often on another disk than the destination: a full one must be
+    # named, or the user frees space on the wrong disk.
+    dl = open_dl(tmp_path, src)
+    real = storage._pwrite_all
+
+    def full_for_records(fd: int, data: memoryview, offset: int) -> None:
+        if bytes(data[:10]) == b'{"version"':
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, data, offset)
+
+    monkeypatch.setattr(storage, "_pwrite_all", full_for_records)
+    assert dl.write_piece(0, src.piece(0))
+    with pytest.raises(OSError, match="out.resume.json") as raised:
+        dl.flush()
+    assert raised.value.errno == errno.ENOSPC
+    dl.discard()
+    assert listing(tmp_path) == set()
+
+
 def write_all(dl: PartialDownload, src: Source) -> None:
     for i in range(piece_count(src.size)):
         assert dl.write_piece(i, src.piece(i))
