@@ -15,6 +15,8 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -108,6 +110,8 @@ class Download:
         self._arrivals = 0  # pieces handed to the checkers
         self._unneeded = 0  # piece copies that came when they were no longer wanted
         self._rate_window: collections.deque[tuple[float, int]] = collections.deque()
+        # The thread that makes this download's tracker calls (see _transfer)
+        self._calls: ThreadPoolExecutor | None = None
         self._thread = threading.Thread(target=self._main, name=f"download-{name}", daemon=True)
 
     # --- control ------------------------------------------------------------------------
@@ -190,12 +194,35 @@ class Download:
         log.warning("download of %s failed: %s", self.name, why)
 
     def _transfer(self, partial: PartialDownload) -> bool:
-        """Fetch every missing piece; False if stopped first."""
+        """Fetch every missing piece; False if stopped first.
+
+        Tracker calls go to a thread of their own: with every tracker gone a call takes
+        8 s to give up, and a transfer loop waiting on it would take no piece from the
+        peers that are still there (and then drop them as silent).
+        """
         checker = PieceChecker(partial, CHECK_WORKERS)
+        self._calls = ThreadPoolExecutor(1, thread_name_prefix=f"tracker-{self.name}")
         try:
             return self._transfer_with(partial, checker)
         finally:
+            # A progress note still on its way lands before the end is announced: after
+            # it, it would list the complete file as partial again.
+            self._calls.shutdown(wait=True, cancel_futures=True)
             checker.close()
+
+    def _in_background(self, call: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Run ``call`` on this download's tracker-call thread, one call at a time."""
+        assert self._calls is not None
+        return self._calls.submit(self._logged, call, *args)
+
+    def _logged(self, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(*args)``; a bug in it is logged (nobody reads a future's exception)
+        and makes it return None."""
+        try:
+            return call(*args)
+        except Exception:
+            log.exception("a tracker call of the download of %s failed", self.name)
+            return None
 
     def _transfer_with(self, partial: PartialDownload, checker: PieceChecker) -> bool:
         picker = Picker(self.count, partial.have.copy(), random.Random())
@@ -203,11 +230,13 @@ class Download:
         announced_at = 0.0
         announced = partial.have.count()  # pieces the tracker was last told about
         if announced and self.sharing:
-            self.host.share_partial(source)
+            self._in_background(self.host.share_partial, source)
             self._shared = True
             announced_at = time.monotonic()
         self._connect_peers(self.info.get("peers", []))
         refreshed_at = time.monotonic()
+        refreshing: Future[list[dict[str, Any]] | None] | None = None
+        announcing: tuple[int, Future[bool]] | None = None  # (pieces told, the call)
         poller = zmq.Poller()
         poller.register(checker.fileno(), zmq.POLLIN)
         polled: list[zmq.Socket[Any]] = []
@@ -215,10 +244,12 @@ class Download:
             if self._stop.is_set():
                 return False
             now = time.monotonic()
-            if now - refreshed_at > REFRESH_EVERY or (not self._links and
-                                                      now - refreshed_at > 0.5):
-                self._refresh()
-                refreshed_at = now
+            if refreshing is None and (now - refreshed_at > REFRESH_EVERY
+                                       or (not self._links and now - refreshed_at > 0.5)):
+                refreshing = self._in_background(self._fetch_peers)
+            if refreshing is not None and refreshing.done():
+                self._connect_peers(refreshing.result() or [])
+                refreshing, refreshed_at = None, now
             self._check_timeouts(picker, now)
             self._fill_pipelines(picker)
             self._update_waiting(picker)
@@ -236,10 +267,15 @@ class Download:
             for link in list(self._links.values()):
                 if link.sock in ready:
                     self._drain(link, picker, partial, checker)
+            if announcing is not None and announcing[1].done():
+                if announcing[1].result():
+                    announced = announcing[0]
+                announcing = None
             if self._have != announced and now - announced_at > ANNOUNCE_EVERY:
                 # Only news: each announcement is an event in every tracker's log.
-                if self.sharing and self._announce(partial.have):
-                    announced = self._have
+                if self.sharing and announcing is None:
+                    announcing = (self._have, self._in_background(
+                        self._announce, partial.have.to_bytes()))
                 partial.save_pending()  # verified pieces survive a crash even if none follow
                 announced_at = now
         partial.flush()
@@ -290,15 +326,18 @@ class Download:
             self._cancel(link, index)
         link.sock.close(CANCEL_LINGER_MS if cancelled else 0)
 
-    def _refresh(self) -> None:
+    def _fetch_peers(self) -> list[dict[str, Any]] | None:
+        """The file's peers as a tracker lists them now, each with its fresh ticket
+        (on the tracker-call thread); None if no tracker could say."""
         try:
             info = self.host.tracker_call("file_info", {"group": self.group, "name": self.name})
         except ProtocolError as exc:
             log.info("cannot refresh peers of %s: %s", self.name, exc)
-            return
+            return None
         if info.get("sha1") != self.sha1:
-            return  # the name now means another file; keep what we have
-        self._connect_peers(info.get("peers", []))  # each entry with its fresh ticket
+            return None  # the name now means another file; keep what we have
+        peers: list[dict[str, Any]] = info.get("peers", [])
+        return peers
 
     def _check_timeouts(self, picker: Picker, now: float) -> None:
         for link in list(self._links.values()):
@@ -443,13 +482,14 @@ class Download:
             return
         if not self._shared:
             self._shared = True
-            self.host.share_partial(source)
+            self._in_background(self.host.share_partial, source)
         self.host.announce_piece(self.key, index)
 
-    def _announce(self, have: Bitfield) -> bool:
+    def _announce(self, have: bytes) -> bool:
+        """Tell a tracker which pieces we have (on the tracker-call thread)."""
         try:
             self.host.tracker_call("have", {"group": self.group, "name": self.name,
-                                            "have": have.to_bytes()})
+                                            "have": have})
         except ProtocolError as exc:
             log.info("could not announce progress of %s: %s", self.name, exc)
             return False

@@ -429,6 +429,29 @@ def test_download_in_progress_survives_a_tracker_dying(two_trackers: Cluster,
     assert killed is not None and killed.poll() is not None
 
 
+def test_download_goes_on_while_every_tracker_is_down(two_trackers: Cluster,
+                                                       tmp_path: Path) -> None:
+    """Both trackers die mid-download while the seeder lives: the download keeps taking
+    pieces from it (a tracker call that waits 8 s for no answer must not stall the
+    transfer, nor make the seeder look silent) and completes."""
+    c, count = two_trackers, 12
+    cl = group_of(c, ["alice", "bob"], limits={"alice": 1024})  # about 6 s for the file
+    alice, bob = cl["alice"], cl["bob"]
+    data = make_file(tmp_path / "a" / "f.bin", pieces(count))
+    alice.ok(f"upload_file {tmp_path / 'a' / 'f.bin'} g")
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    bob.ok(f"download_file g f.bin {dest}")
+    wait_for(lambda: have_at_least(bob, "g", "f.bin", count, 0.2), 20,
+             "bob to have a fifth of the file")
+    for tracker in c.trackers:
+        tracker.kill()
+
+    done(bob, "g", "f.bin", timeout=40)
+    assert (dest / "f.bin").read_bytes() == data
+    assert alice.ok("show_downloads") == []  # alice's client still answers too
+
+
 def test_converged_helper_notices_difference(two_trackers: Cluster) -> None:
     """The check the other tests lean on is not vacuous."""
     c = two_trackers
