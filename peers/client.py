@@ -180,10 +180,14 @@ class Client:
         return result
 
     def leave_group(self, group: str) -> None:
+        """Leave ``group``: stop sharing in it, and end the downloads from it (a
+        non-member gets no piece and no peer: they would wait for good)."""
         self.group_call("leave_group", group)
         for download in self.downloads.all():
             if download.group == group:
                 self.downloads.stop_sharing(download)
+                if download.running:
+                    download.cancel(f"you left group {group}")
         for source in self.registry.listing():
             if source.key[0] == group:
                 self.registry.remove(source.key)

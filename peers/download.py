@@ -98,6 +98,7 @@ class Download:
         self.sources: dict[str, int] = {}  # peer address -> pieces taken from it
         self._context = context or zmq.Context.instance()
         self._stop = threading.Event()
+        self._cancelled = ""  # why cancel() ended it (it fails with that), else ""
         self._done = threading.Event()
         self._have = 0
         self._shared = False  # the client serves our pieces and the tracker lists us
@@ -124,6 +125,11 @@ class Download:
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(10)
+
+    def cancel(self, why: str) -> None:
+        """End it for good: it fails with ``why`` and its partial file is deleted."""
+        self._cancelled = why
+        self.stop()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
@@ -161,6 +167,8 @@ class Download:
                          "%d read back for the whole-file SHA1), whole-file check %.2f s",
                          self.name, self.size, transferred - started, self._arrivals,
                          self._unneeded, partial.read_back, time.monotonic() - transferred)
+            elif self._cancelled:
+                self._fail(self._cancelled)
         except IntegrityError:
             self._fail("the whole file's SHA1 does not match; nothing was kept")
             partial = None

@@ -280,3 +280,28 @@ def test_a_garbled_saved_download_does_not_break_login(one_tracker: Cluster,
     assert login(bob, "bob", create=False)["resumed"] == ["f.bin"]
     done(bob, "g", "f.bin")
     assert (dest / "f.bin").read_bytes() == data
+
+
+def test_leaving_the_group_ends_a_download_from_it(one_tracker: Cluster,
+                                                   tmp_path: Path) -> None:
+    """A download from a group its user left can never finish: it fails at once and says
+    why (rather than waiting for peers for good, then being dropped unannounced at the
+    next login with its partial file left behind)."""
+    count = 12  # at 512 KiB/s: most of it is left when the ticket's 5 s run out
+    cl = group_of(one_tracker, ["alice", "bob"], limits={"alice": 512})
+    bob = cl["bob"]
+    make_file(tmp_path / "a" / "f.bin", pieces(count))
+    cl["alice"].ok(f"upload_file {tmp_path / 'a' / 'f.bin'} g")
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    bob.ok(f"download_file g f.bin {dest}")
+    wait_for(lambda: have_at_least(bob, "g", "f.bin", count, 0.1), 30, "a piece of f.bin")
+    bob.ok("leave_group g")
+    ended = bob.ok("wait g f.bin", timeout=15)
+    assert [(d["state"], "left group g" in d["error"]) for d in ended] == [("failed", True)], \
+        ended
+    assert entry(bob, "g", "f.bin")["state"] == "failed"
+    assert list(dest.iterdir()) == []
+    bob.ok("logout")
+    assert login(bob, "bob", create=False)["resumed"] == []
+    assert json.loads((bob.data_dir / "downloads.json").read_text())["downloads"] == []
