@@ -151,16 +151,21 @@ class Client:
         return reshared, dropped
 
     def logout(self) -> None:
+        """Log out at the trackers, then stop sharing and pause the downloads here.
+
+        The trackers first: a logout none of them took fails and changes nothing (the
+        downloads go on, the files stay shared).  The session is forgotten as soon as
+        they took it, so the ping thread does not mistake it for one they ended.
+        """
         self.require_login()
-        self.downloads.pause_all()
-        self.registry.active = False
-        self.registry.clear()
         try:
             self.tracker.call("logout")
         except ProtocolError as exc:
             if exc.code != "not_logged_in":  # already gone on the tracker side: fine
                 raise
         self._forget_session()
+        self.downloads.pause_all()
+        self.registry.clear()
 
     def _forget_session(self) -> None:
         self.user = None

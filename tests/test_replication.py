@@ -452,6 +452,30 @@ def test_download_goes_on_while_every_tracker_is_down(two_trackers: Cluster,
     assert alice.ok("show_downloads") == []  # alice's client still answers too
 
 
+def test_a_logout_no_tracker_took_changes_nothing(two_trackers: Cluster,
+                                                   tmp_path: Path) -> None:
+    """With every tracker down, logout fails with no_tracker and, like any failed
+    command, changes nothing: the download goes on, the shares stay listed."""
+    c, count = two_trackers, 12
+    cl = group_of(c, ["alice", "bob"], limits={"alice": 1024})
+    alice, bob = cl["alice"], cl["bob"]
+    data = make_file(tmp_path / "a" / "f.bin", pieces(count))
+    alice.ok(f"upload_file {tmp_path / 'a' / 'f.bin'} g")
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    bob.ok(f"download_file g f.bin {dest}")
+    wait_for(lambda: have_at_least(bob, "g", "f.bin", count, 0.2), 20,
+             "bob to have a fifth of the file")
+    for tracker in c.trackers:
+        tracker.kill()
+
+    bob.fails("logout", "no_tracker", timeout=30)
+    assert [s["name"] for s in bob.ok("list_shares")] == ["f.bin"]
+    assert entry(bob, "g", "f.bin")["state"] in ("downloading", "complete")
+    done(bob, "g", "f.bin", timeout=40)
+    assert (dest / "f.bin").read_bytes() == data
+
+
 def test_converged_helper_notices_difference(two_trackers: Cluster) -> None:
     """The check the other tests lean on is not vacuous."""
     c = two_trackers
