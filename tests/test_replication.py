@@ -429,34 +429,11 @@ def test_download_in_progress_survives_a_tracker_dying(two_trackers: Cluster,
     assert killed is not None and killed.poll() is not None
 
 
-def test_download_goes_on_while_every_tracker_is_down(two_trackers: Cluster,
-                                                       tmp_path: Path) -> None:
-    """Both trackers die mid-download while the seeder lives: the download keeps taking
-    pieces from it (a tracker call that waits 8 s for no answer must not stall the
-    transfer, nor make the seeder look silent) and completes."""
-    c, count = two_trackers, 12
-    cl = group_of(c, ["alice", "bob"], limits={"alice": 1024})  # about 6 s for the file
-    alice, bob = cl["alice"], cl["bob"]
-    data = make_file(tmp_path / "a" / "f.bin", pieces(count))
-    alice.ok(f"upload_file {tmp_path / 'a' / 'f.bin'} g")
-    dest = tmp_path / "dl"
-    dest.mkdir()
-    bob.ok(f"download_file g f.bin {dest}")
-    wait_for(lambda: have_at_least(bob, "g", "f.bin", count, 0.2), 20,
-             "bob to have a fifth of the file")
-    for tracker in c.trackers:
-        tracker.kill()
-
-    done(bob, "g", "f.bin", timeout=40)
-    assert (dest / "f.bin").read_bytes() == data
-    assert alice.ok("show_downloads") == []  # alice's client still answers too
-
-
-def test_a_logout_no_tracker_took_changes_nothing(two_trackers: Cluster,
-                                                   tmp_path: Path) -> None:
-    """With every tracker down, logout fails with no_tracker and, like any failed
-    command, changes nothing: the download goes on, the shares stay listed."""
-    c, count = two_trackers, 12
+def _trackers_killed_mid_download(
+        c: Cluster, tmp_path: Path) -> tuple[ClientProc, ClientProc, bytes, Path]:
+    """alice shares a 12-piece file at 1 MiB/s (about 6 s), bob downloads it to the
+    returned directory, and every tracker is SIGKILLed once he has a fifth of it."""
+    count = 12
     cl = group_of(c, ["alice", "bob"], limits={"alice": 1024})
     alice, bob = cl["alice"], cl["bob"]
     data = make_file(tmp_path / "a" / "f.bin", pieces(count))
@@ -468,6 +445,26 @@ def test_a_logout_no_tracker_took_changes_nothing(two_trackers: Cluster,
              "bob to have a fifth of the file")
     for tracker in c.trackers:
         tracker.kill()
+    return alice, bob, data, dest
+
+
+def test_download_goes_on_while_every_tracker_is_down(two_trackers: Cluster,
+                                                       tmp_path: Path) -> None:
+    """Both trackers die mid-download while the seeder lives: the download keeps taking
+    pieces from it (a tracker call that waits 8 s for no answer must not stall the
+    transfer, nor make the seeder look silent) and completes."""
+    alice, bob, data, dest = _trackers_killed_mid_download(two_trackers, tmp_path)
+
+    done(bob, "g", "f.bin", timeout=40)
+    assert (dest / "f.bin").read_bytes() == data
+    assert alice.ok("show_downloads") == []  # alice's client still answers too
+
+
+def test_a_logout_no_tracker_took_changes_nothing(two_trackers: Cluster,
+                                                   tmp_path: Path) -> None:
+    """With every tracker down, logout fails with no_tracker and, like any failed
+    command, changes nothing: the download goes on, the shares stay listed."""
+    _alice, bob, data, dest = _trackers_killed_mid_download(two_trackers, tmp_path)
 
     bob.fails("logout", "no_tracker", timeout=30)
     assert [s["name"] for s in bob.ok("list_shares")] == ["f.bin"]
