@@ -63,6 +63,18 @@ def group_of(c: Cluster, users: list[str], group: str = "g",
     return clients
 
 
+def sharing(c: Cluster, tmp_path: Path, users: list[str], count: int, limit_kib: float
+            ) -> tuple[dict[str, ClientProc], bytes, Path]:
+    """``users`` in group g, the first sharing f.bin (``count`` pieces) at ``limit_kib``
+    KiB/s; returns the clients, the file's bytes and an empty ``dl`` directory."""
+    cl = group_of(c, users, limits={users[0]: limit_kib})
+    data = make_file(tmp_path / "a" / "f.bin", pieces(count))
+    cl[users[0]].ok(f"upload_file {tmp_path / 'a' / 'f.bin'} g")
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    return cl, data, dest
+
+
 def restart(c: Cluster, user: str, limit: float | None = None) -> ClientProc:
     """A new client process for ``user`` on the same data dir, logged in."""
     client = c.client(user, extra_args=["--upload-limit", str(limit)] if limit else None)

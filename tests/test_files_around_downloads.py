@@ -16,13 +16,13 @@ import pytest
 from tests.files_support import (
     done,
     entry,
-    group_of,
     have_at_least,
     leftovers,
     login,
     make_file,
     pieces,
     seeders,
+    sharing,
 )
 from tests.procs import ClientProc, Cluster, wait_for
 
@@ -34,12 +34,7 @@ COUNT = 8
 def slow_share(c: Cluster, tmp_path: Path, users: list[str]
                ) -> tuple[dict[str, ClientProc], bytes, Path]:
     """``users`` in group g, alice first (serving f.bin at 1 MiB/s); an empty ``dl`` dir."""
-    cl = group_of(c, users, limits={"alice": 1024})
-    data = make_file(tmp_path / "a" / "f.bin", pieces(COUNT))
-    cl["alice"].ok(f"upload_file {tmp_path / 'a' / 'f.bin'} g")
-    dest = tmp_path / "dl"
-    dest.mkdir()
-    return cl, data, dest
+    return sharing(c, tmp_path, users, COUNT, 1024)
 
 
 def partway(client: ClientProc, share: float = 0.25) -> None:
@@ -288,12 +283,8 @@ def test_leaving_the_group_ends_a_download_from_it(one_tracker: Cluster,
     why (rather than waiting for peers for good, then being dropped unannounced at the
     next login with its partial file left behind)."""
     count = 12  # at 512 KiB/s: most of it is left when the ticket's 5 s run out
-    cl = group_of(one_tracker, ["alice", "bob"], limits={"alice": 512})
+    cl, _data, dest = sharing(one_tracker, tmp_path, ["alice", "bob"], count, 512)
     bob = cl["bob"]
-    make_file(tmp_path / "a" / "f.bin", pieces(count))
-    cl["alice"].ok(f"upload_file {tmp_path / 'a' / 'f.bin'} g")
-    dest = tmp_path / "dl"
-    dest.mkdir()
     bob.ok(f"download_file g f.bin {dest}")
     wait_for(lambda: have_at_least(bob, "g", "f.bin", count, 0.1), 30, "a piece of f.bin")
     bob.ok("leave_group g")

@@ -27,6 +27,7 @@ from tests.files_support import (
     pieces,
     restart,
     served,
+    sharing,
 )
 from tests.procs import ClientProc, Cluster, tracker_events, wait_for
 
@@ -136,12 +137,8 @@ def _stall_after_30_percent(c: Cluster, tmp_path: Path, count: int, limit_kib: f
 
     Returns (alice, bob, the file's bytes, bob's destination directory).
     """
-    cl = group_of(c, ["alice", "bob"], limits={"alice": limit_kib})
+    cl, data, dest = sharing(c, tmp_path, ["alice", "bob"], count, limit_kib)
     alice, bob = cl["alice"], cl["bob"]
-    data = make_file(tmp_path / "a" / "f.bin", pieces(count))
-    alice.ok(f"upload_file {tmp_path / 'a' / 'f.bin'} g")
-    dest = tmp_path / "dl"
-    dest.mkdir()
     bob.ok(f"download_file g f.bin {dest}")
     wait_for(lambda: have_at_least(bob, "g", "f.bin", count, 0.3), 20, "bob to reach 30%")
     alice.ok("logout")  # bob's progress stops here

@@ -26,6 +26,7 @@ from tests.files_support import (
     make_file,
     pieces,
     seeders,
+    sharing,
 )
 from tests.procs import ClientProc, Cluster, cluster, run_module, tracker_events, wait_for
 from tests.test_replication_kit import Direct, converged, share_args, status, wait_converged
@@ -434,12 +435,8 @@ def _trackers_killed_mid_download(
     """alice shares a 12-piece file at 1 MiB/s (about 6 s), bob downloads it to the
     returned directory, and every tracker is SIGKILLed once he has a fifth of it."""
     count = 12
-    cl = group_of(c, ["alice", "bob"], limits={"alice": 1024})
+    cl, data, dest = sharing(c, tmp_path, ["alice", "bob"], count, 1024)
     alice, bob = cl["alice"], cl["bob"]
-    data = make_file(tmp_path / "a" / "f.bin", pieces(count))
-    alice.ok(f"upload_file {tmp_path / 'a' / 'f.bin'} g")
-    dest = tmp_path / "dl"
-    dest.mkdir()
     bob.ok(f"download_file g f.bin {dest}")
     wait_for(lambda: have_at_least(bob, "g", "f.bin", count, 0.2), 20,
              "bob to have a fifth of the file")
