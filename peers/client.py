@@ -28,13 +28,11 @@ from peers.piece_server import PieceServer
 from peers.shares import Key, SavedShare, ShareRegistry, Source, trusted_mtime
 from peers.ticket_checks import Credentials
 from peers.tracker_client import TrackerClient
-from peers.transfers import Downloads
+from peers.transfers import Downloads, Notify
 
 log = logging.getLogger(__name__)
 
 PING_INTERVAL = 2.0  # trackers log out a client silent for 10 s
-
-Notify = Callable[[str, dict[str, Any]], None]
 
 
 def _well_formed(user: str, group: str, ticket: str) -> bool:
@@ -77,7 +75,8 @@ class Client:
         self.tracker = TrackerClient(trackers, on_failover=self._failed_over, **tracker_options)
         self.user: str | None = None
         self.registry = ShareRegistry(data_dir)
-        self.downloads = Downloads(data_dir, self)
+        # Through self.notify at each call, so a notify set later is the one used.
+        self.downloads = Downloads(data_dir, self, lambda event, data: self.notify(event, data))
         try:
             self.server = PieceServer(host, port, self.registry, self._check_tickets,
                                       upload_limit=upload_limit)

@@ -641,7 +641,8 @@ class PartialDownload:
         """Delete what an unfinished download left behind: its resume record, and its
         partial file unless another download is writing that now."""
         part_path = cls.part_path_for(final_path)
-        with contextlib.suppress(DestinationTaken):
+        # FileNotFoundError: its directory is gone, and the partial file with it.
+        with contextlib.suppress(DestinationTaken, FileNotFoundError):
             fd = _open_part(part_path)  # locked: nobody else is writing it
             try:
                 _unlink(part_path)

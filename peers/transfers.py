@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,19 @@ from peers.storage import PartialDownload, replace_json
 log = logging.getLogger(__name__)
 
 _ENTRY_FIELDS = ("user", "group", "name", "path")  # what every saved download has
+
+# An event for the user: its name and what it says (``message`` is the line to show).
+Notify = Callable[[str, dict[str, Any]], None]
+
+# Why a tracker refuses a saved download for good, as the user is told.  Any other
+# failure at login may pass (no tracker answering, the disk, ...): the download is
+# kept and tried again at the next login.  no_such_file is not among them: a tracker
+# forgets a file while no member online shares it, which says nothing of whether its
+# seeders come back (with the file's metadata saved, the download waits for them).
+_NEVER_RESUMES = {
+    "not_member": "you are no longer a member of group {group}",
+    "no_such_group": "group {group} no longer exists",
+}
 
 
 def resolve_destination(destination: str, name: str) -> Path:
@@ -47,10 +61,11 @@ def resolve_destination(destination: str, name: str) -> Path:
 class Downloads:
     """Every download this client started in this run, plus the saved unfinished ones."""
 
-    def __init__(self, data_dir: Path, host: Host) -> None:
+    def __init__(self, data_dir: Path, host: Host, notify: Notify) -> None:
         self._data_dir = data_dir
         self._record = data_dir / "downloads.json"
         self._host = host
+        self._notify = notify
         self._lock = threading.Lock()
         # downloads.json is read, changed and replaced by the REPL and by download
         # threads ending at the same moment: one at a time, or an entry is lost.
@@ -176,9 +191,28 @@ class Downloads:
                 self.start(entry["group"], entry["name"], final, resolved=True,
                            sharing=entry.get("share", True) is not False)
                 resumed.append(entry["name"])
+            except ProtocolError as exc:
+                if exc.code in _NEVER_RESUMES:
+                    self._drop_for_good(entry, final, exc.code)
+                else:  # kept: the next login tries again
+                    log.warning("cannot resume %s now: %s", entry["name"], exc)
             except Exception as exc:  # a stale entry must not stop the login
                 log.warning("cannot resume %s: %s", entry["name"], exc)
         return resumed
+
+    def _drop_for_good(self, entry: dict[str, Any], final: Path, code: str) -> None:
+        """Delete a saved download the tracker will never serve again, and say so."""
+        group, name = entry["group"], entry["name"]
+        message = (f"dropped the unfinished download of {group}/{name} to {final}: "
+                   + _NEVER_RESUMES[code].format(group=group))
+        try:
+            PartialDownload.abandon(final, self._resume_path(final))
+        except OSError as exc:  # dropped all the same: it can never resume
+            part = PartialDownload.part_path_for(final)
+            message += f" (could not delete its partial file {part}: {exc.strerror or exc})"
+        self._drop_entry(final)
+        self._notify("download_dropped", {"group": group, "file": name, "path": str(final),
+                                          "code": code, "message": message})
 
     # --- the record ---------------------------------------------------------------------
 

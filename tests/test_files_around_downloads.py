@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.files_support import (
+    Session,
     done,
     entry,
     have_at_least,
@@ -296,3 +297,31 @@ def test_leaving_the_group_ends_a_download_from_it(one_tracker: Cluster,
     bob.ok("logout")
     assert login(bob, "bob", create=False)["resumed"] == []
     assert json.loads((bob.data_dir / "downloads.json").read_text())["downloads"] == []
+
+
+@pytest.mark.parametrize("gone", ["membership", "group"])
+def test_a_saved_download_from_a_group_left_elsewhere_is_dropped_at_login(
+        one_tracker: Cluster, tmp_path: Path, gone: str) -> None:
+    """bob leaves g from another client while his download is paused (and with him
+    everyone else, so that g is deleted): his next login says the download was dropped
+    and why, deletes its partial file, and does not try it again at the login after."""
+    cl, _data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
+    alice, bob = cl["alice"], cl["bob"]
+    started(bob, dest)
+    bob.ok("logout")
+    elsewhere = Session(one_tracker, "bob")
+    elsewhere.call("leave_group", {"group": "g"})
+    elsewhere.close()
+    if gone == "group":
+        alice.ok("leave_group g")
+    assert login(bob, "bob", create=False)["resumed"] == []
+    dropped = [e for e in bob.events if e["event"] == "download_dropped"]
+    assert [(e["group"], e["file"]) for e in dropped] == [("g", "f.bin")], bob.events
+    why = "no longer a member" if gone == "membership" else "no longer exists"
+    assert "g/f.bin" in dropped[0]["message"] and why in dropped[0]["message"], dropped
+    assert leftovers(dest) == []
+    assert list((bob.data_dir / "partial").iterdir()) == []
+    assert json.loads((bob.data_dir / "downloads.json").read_text())["downloads"] == []
+    bob.ok("logout")
+    assert login(bob, "bob", create=False)["resumed"] == []
+    assert len([e for e in bob.events if e["event"] == "download_dropped"]) == 1

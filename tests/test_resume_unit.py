@@ -1,0 +1,131 @@
+"""Saved unfinished downloads at login (Downloads.resume_saved): what a refusal from the
+tracker does to the partial file and its entry.  The tracker is a stand-in that fails
+file_info with the code a test chooses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2p.errors import LocalError, ProtocolError, RemoteError
+from peers.download import Download
+from peers.shares import Key, Source
+from peers.storage import PartialDownload
+from peers.transfers import Downloads
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Host:
+    """A client whose tracker fails every file_info with ``error``."""
+
+    user = "bob"
+
+    def __init__(self, error: ProtocolError) -> None:
+        self.error = error
+
+    def tracker_call(self, op: str, args: dict[str, Any]) -> Any:
+        raise self.error
+
+    def share_partial(self, source: Source) -> None:
+        pass
+
+    def announce_piece(self, key: Key, index: int) -> None:
+        pass
+
+    def ended(self, download: Download) -> None:
+        pass
+
+
+class Saved:
+    """One unfinished download of bob's on disk, as a paused download leaves it: the
+    entry in downloads.json, the partial file, its resume record and file metadata."""
+
+    def __init__(self, tmp_path: Path, error: ProtocolError) -> None:
+        self.data_dir = tmp_path / "data"
+        self.final = tmp_path / "dl" / "f.bin"
+        self.final.parent.mkdir()
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.downloads = Downloads(self.data_dir, Host(error),
+                                   lambda name, data: self.events.append((name, data)))
+        self.part = PartialDownload.part_path_for(self.final)
+        self.part.write_bytes(b"\0" * 1000)
+        self.resume = self.downloads._resume_path(self.final)
+        self.resume.parent.mkdir(parents=True)
+        self.resume.write_text(json.dumps({"bitfield": "00"}))
+        self.resume.with_suffix(".file").write_text(
+            json.dumps({"size": 1000, "sha1": "0" * 40, "pieces": "00" * 20}))
+        self.record = self.data_dir / "downloads.json"
+        self.record.write_text(json.dumps({"downloads": [
+            {"user": "bob", "group": "g", "name": "f.bin", "path": str(self.final),
+             "share": True}]}))
+
+    def entries(self) -> list[Any]:
+        return list(json.loads(self.record.read_text())["downloads"])
+
+    def left_on_disk(self) -> list[Path]:
+        return [p for p in (self.part, self.resume, self.resume.with_suffix(".file"))
+                if p.exists()]
+
+
+@pytest.mark.parametrize(("code", "why"), [
+    ("not_member", "no longer a member of group g"),
+    ("no_such_group", "group g no longer exists"),
+])
+def test_a_download_that_can_never_resume_is_dropped_and_said_so(
+        tmp_path: Path, code: str, why: str) -> None:
+    saved = Saved(tmp_path, RemoteError(f"the tracker says {code}", code))
+    assert saved.downloads.resume_saved("bob") == []
+    assert len(saved.events) == 1, saved.events
+    name, data = saved.events[0]
+    assert name == "download_dropped"
+    assert (data["group"], data["file"], data["path"], data["code"]) == (
+        "g", "f.bin", str(saved.final), code)
+    assert "g/f.bin" in data["message"] and why in data["message"], data
+    assert saved.left_on_disk() == []
+    assert saved.entries() == []
+    assert saved.downloads.resume_saved("bob") == []  # not tried again, not said again
+    assert len(saved.events) == 1
+
+
+def test_a_dropped_download_whose_directory_is_gone_leaves_no_record(tmp_path: Path) -> None:
+    saved = Saved(tmp_path, RemoteError("not a member", "not_member"))
+    saved.part.unlink()
+    saved.final.parent.rmdir()
+    assert saved.downloads.resume_saved("bob") == []
+    assert [name for name, _data in saved.events] == ["download_dropped"]
+    assert "could not delete" not in saved.events[0][1]["message"]
+    assert saved.left_on_disk() == [] and saved.entries() == []
+
+
+@pytest.mark.parametrize("error", [
+    LocalError("no tracker answered", "no_tracker"),
+    RemoteError("nobody shares it now", "no_seeders"),
+    LocalError("cannot record the download: disk full", "io_error"),
+    RemoteError("tracker bug", "internal_error"),
+])
+def test_a_download_that_may_resume_later_is_kept(tmp_path: Path,
+                                                  error: ProtocolError) -> None:
+    saved = Saved(tmp_path, error)
+    before = saved.entries()
+    assert saved.downloads.resume_saved("bob") == []
+    assert saved.events == []
+    assert saved.left_on_disk() == [saved.part, saved.resume,
+                                    saved.resume.with_suffix(".file")]
+    assert saved.entries() == before
+
+
+def test_no_such_file_without_saved_metadata_is_kept_for_a_later_login(
+        tmp_path: Path) -> None:
+    """The tracker forgets a file while nobody online shares it: that is no sign it is
+    gone for good (with the metadata saved, the download waits for its seeders)."""
+    saved = Saved(tmp_path, RemoteError("no file f.bin is shared in g", "no_such_file"))
+    saved.resume.with_suffix(".file").unlink()
+    before = saved.entries()
+    assert saved.downloads.resume_saved("bob") == []
+    assert saved.events == []
+    assert saved.left_on_disk() == [saved.part, saved.resume]
+    assert saved.entries() == before
