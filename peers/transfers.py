@@ -7,6 +7,7 @@ next login of the same user resumes them, keeping every piece already verified.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -176,7 +177,9 @@ class Downloads:
     def resume_saved(self, user: str) -> list[str]:
         """Restart the saved unfinished downloads of ``user``; returns their file names."""
         resumed = []
-        for entry in self._entries():
+        with self._file_lock:
+            entries = self._entries()
+        for entry in entries:
             if entry["user"] != user:
                 continue
             final = Path(entry["path"])
@@ -217,8 +220,12 @@ class Downloads:
     # --- the record ---------------------------------------------------------------------
 
     def _entries(self) -> list[dict[str, Any]]:
-        """The saved downloads; an entry without its fields (a file edited by hand, or
-        garbled) is left out, so that it can stop no login."""
+        """The saved downloads; callers hold ``_file_lock``.
+
+        An entry without its fields (edited by hand, or garbled) is left out, so that it
+        can stop no login.  A record that cannot be read at all is moved aside, so the
+        next save does not overwrite it, and the user is told.
+        """
         try:
             entries = json.loads(self._record.read_text())["downloads"]
             return [e for e in entries if isinstance(e, dict)
@@ -226,8 +233,29 @@ class Downloads:
         except FileNotFoundError:
             return []
         except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable %s: %s", self._record, exc)
+            self._set_aside(exc)
             return []
+
+    def _set_aside(self, why: Exception) -> None:
+        """Rename the unreadable record to a name not taken yet, and say so."""
+        log.info("cannot read %s: %r", self._record, why)
+        said = (f"cannot read {self._record} (not the JSON this client writes): the "
+                "unfinished downloads it lists will not resume at login (download_file to "
+                "the same destination can reuse the pieces one had)")
+        aside = self._record.with_name(self._record.name + ".unreadable")
+        kept: str | None = None
+        try:
+            for n in itertools.count(2):
+                if not aside.exists():  # only this client writes in its data dir
+                    break
+                aside = self._record.with_name(f"{self._record.name}.unreadable.{n}")
+            os.replace(self._record, aside)
+            kept = str(aside)
+            said += f"; the file is kept as {aside}"
+        except OSError as exc:
+            said += f"; it could not be kept aside: {exc.strerror or exc}"
+        self._notify("downloads_unreadable", {"path": str(self._record), "kept_as": kept,
+                                              "message": said})
 
     def _save_entry(self, group: str, name: str, final: Path, sharing: bool) -> None:
         user = self._host.user or ""

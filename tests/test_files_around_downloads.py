@@ -325,3 +325,31 @@ def test_a_saved_download_from_a_group_left_elsewhere_is_dropped_at_login(
     bob.ok("logout")
     assert login(bob, "bob", create=False)["resumed"] == []
     assert len([e for e in bob.events if e["event"] == "download_dropped"]) == 1
+
+
+def test_an_unreadable_downloads_record_is_kept_and_said_so(one_tracker: Cluster,
+                                                            tmp_path: Path) -> None:
+    """A downloads.json cut short from outside: login says its downloads will not resume
+    and where the file was kept; the partial file is left, so the same download_file
+    again picks up the pieces it had."""
+    cl, data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
+    bob = cl["bob"]
+    started(bob, dest)
+    bob.ok("logout")
+    record = bob.data_dir / "downloads.json"
+    truncated = record.read_bytes()[:20]
+    record.write_bytes(truncated)
+    assert login(bob, "bob", create=False)["resumed"] == []
+    told = [e for e in bob.events if e["event"] == "downloads_unreadable"]
+    assert len(told) == 1, bob.events
+    aside = bob.data_dir / "downloads.json.unreadable"
+    assert told[0]["kept_as"] == str(aside)
+    assert str(record) in told[0]["message"] and str(aside) in told[0]["message"]
+    assert aside.read_bytes() == truncated
+    assert leftovers(dest) == [".f.bin.part"]
+    bob.ok(f"download_file g f.bin {dest}")
+    finished = done(bob, "g", "f.bin")
+    assert (dest / "f.bin").read_bytes() == data
+    assert sum(finished["sources"].values()) < COUNT  # what it had was not fetched again
+    assert aside.read_bytes() == truncated
+    assert len([e for e in bob.events if e["event"] == "downloads_unreadable"]) == 1

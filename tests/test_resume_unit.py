@@ -1,10 +1,11 @@
 """Saved unfinished downloads at login (Downloads.resume_saved): what a refusal from the
-tracker does to the partial file and its entry.  The tracker is a stand-in that fails
-file_info with the code a test chooses."""
+tracker does to the partial file and its entry, and a downloads.json that cannot be
+read.  The tracker is a stand-in that fails file_info with the code a test chooses."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,52 @@ def test_no_such_file_without_saved_metadata_is_kept_for_a_later_login(
     assert saved.events == []
     assert saved.left_on_disk() == [saved.part, saved.resume]
     assert saved.entries() == before
+
+
+@pytest.mark.parametrize("garbage", [b'{"downloads": [{"user": "bob", "gro', b"\xff\xfe",
+                                     b'{"other": []}', b'{"downloads": 3}', b"[1, 2]"])
+def test_an_unreadable_record_is_kept_aside_and_said_so(tmp_path: Path,
+                                                        garbage: bytes) -> None:
+    saved = Saved(tmp_path, LocalError("no tracker answered", "no_tracker"))
+    saved.record.write_bytes(garbage)
+    aside = saved.record.with_name("downloads.json.unreadable")
+    assert saved.downloads.resume_saved("bob") == []
+    assert [name for name, _data in saved.events] == ["downloads_unreadable"]
+    data = saved.events[0][1]
+    assert (data["path"], data["kept_as"]) == (str(saved.record), str(aside))
+    message = data["message"]
+    assert str(saved.record) in message and str(aside) in message, message
+    assert "will not resume" in message, message
+    assert aside.read_bytes() == garbage
+    assert not saved.record.exists()
+    # Later saves start a new record and never touch the one kept aside.
+    saved.downloads._save_entry("g", "other.bin", tmp_path / "dl" / "other.bin", True)
+    assert [e["name"] for e in saved.entries()] == ["other.bin"]
+    assert aside.read_bytes() == garbage
+    assert len(saved.events) == 1
+
+
+def test_a_second_unreadable_record_does_not_replace_the_first(tmp_path: Path) -> None:
+    saved = Saved(tmp_path, LocalError("no tracker answered", "no_tracker"))
+    for garbage in (b"first", b"second"):
+        saved.record.write_bytes(garbage)
+        saved.downloads.resume_saved("bob")
+    kept = [saved.events[i][1]["kept_as"] for i in (0, 1)]
+    assert kept[0] != kept[1]
+    assert [Path(k).read_bytes() for k in kept] == [b"first", b"second"]
+
+
+def test_a_record_that_cannot_be_moved_aside_is_said_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = Saved(tmp_path, LocalError("no tracker answered", "no_tracker"))
+    saved.record.write_bytes(b"garbage")
+
+    def refuse(_src: Any, _dst: Any) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    saved.downloads.resume_saved("bob")
+    [(name, data)] = saved.events
+    assert name == "downloads_unreadable" and data["kept_as"] is None
+    assert "could not be kept aside: Permission denied" in data["message"], data
+    assert saved.record.read_bytes() == b"garbage"
