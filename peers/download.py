@@ -36,6 +36,15 @@ log = logging.getLogger(__name__)
 HELLO_TIMEOUT = 3.0  # a peer that does not answer hello in time is skipped for now
 SILENCE_TIMEOUT = 4.0  # a peer with requests out and silent this long is dropped
 RETRY_PEER_AFTER = 5.0
+# A peer that refuses us outright as a non-member may be wrong: it asks a tracker about
+# our ticket, and that tracker can lag behind the one that just issued it (a write is
+# answered once the trackers deemed live hold it, so one that was hung or cut off when
+# we were let in answers from its old state until it catches up).  So we ask again soon,
+# then twice as long after each refusal in a row, up to the wait every refusal used to
+# get: each hello costs the peer a tracker call.  We only come back while our own
+# tracker lists the peer to us, which it does for members only.
+NOT_MEMBER_RETRY_FIRST = 1.0
+NOT_MEMBER_RETRY_MAX = 10 * RETRY_PEER_AFTER
 REFRESH_EVERY = 2.0  # ask the tracker for new peers this often
 ANNOUNCE_EVERY = 1.0  # tell the tracker our progress at most this often
 MIN_CREDIT, MAX_CREDIT = 2, 24
@@ -43,6 +52,12 @@ PIPELINE_SECONDS = 0.05  # keep this much of a peer's measured rate in flight
 CANCEL_LINGER_MS = 200  # a closed link's cancels get this long to reach the peer
 CHECK_WORKERS = 4  # threads hashing and writing pieces (hashlib and pwrite free the GIL)
 MAX_CHECKING = 32  # pieces waiting to be checked beyond which no new request goes out
+
+
+def not_member_retry(refusals: int) -> float:
+    """How long to leave a peer alone after its ``refusals``-th not_member in a row."""
+    return float(min(NOT_MEMBER_RETRY_FIRST * 2 ** min(refusals - 1, 32),
+                     NOT_MEMBER_RETRY_MAX))
 
 
 class Host(Protocol):
@@ -105,6 +120,7 @@ class Download:
         self._links: dict[str, PeerLink] = {}
         self._settled = False  # the first hellos have been answered or timed out
         self._retry_at: dict[str, float] = {}
+        self._refusals: dict[str, int] = {}  # peer -> not_member refusals since it let us in
         self._banned: set[str] = set()
         self._trust = Trust()
         self._checking: dict[int, str] = {}  # piece being checked -> the peer that sent it
@@ -414,6 +430,7 @@ class Download:
                     return False
                 picker.add_peer(link.addr, bits)
                 link.ready = True
+                self._refusals.pop(link.addr, None)
             for index in reply.indices:
                 if index < self.count:
                     picker.peer_has(link.addr, index)
@@ -422,9 +439,7 @@ class Download:
             if reply.index is None or reply.code == "not_shared":
                 # Refused outright, or the peer stopped sharing the file: asking it again
                 # at once would only spin; try it later if the tracker still lists it.
-                soon = reply.code in ("not_shared", "no_tracker", "busy")
-                retry = RETRY_PEER_AFTER if soon else 10 * RETRY_PEER_AFTER
-                self._drop(link, picker, f"refused: {reply.error}", retry)
+                self._drop(link, picker, f"refused: {reply.error}", self._retry_after(link, reply))
                 return False
             if link.in_flight.pop(reply.index, None) is None:
                 return True  # not a piece we asked it for (a bad index would break the picker)
@@ -433,6 +448,15 @@ class Download:
             return True
         self._piece(link, reply, picker, partial, checker)
         return True
+
+    def _retry_after(self, link: PeerLink, refused: msg.Refused) -> float:
+        """How long to leave a peer alone that refused us outright."""
+        if refused.code in ("not_shared", "no_tracker", "busy"):
+            return RETRY_PEER_AFTER
+        if refused.code == "not_member":
+            self._refusals[link.addr] = self._refusals.get(link.addr, 0) + 1
+            return not_member_retry(self._refusals[link.addr])
+        return 10 * RETRY_PEER_AFTER
 
     def _piece(self, link: PeerLink, piece: msg.Piece, picker: Picker,
                partial: PartialDownload, checker: PieceChecker) -> None:
