@@ -33,6 +33,10 @@ from peers.transfers import Downloads, Notify
 log = logging.getLogger(__name__)
 
 PING_INTERVAL = 2.0  # trackers log out a client silent for 10 s
+# Answers to a ticket check that say nothing of the ticket: no tracker answered, or
+# this client's own session has just ended (its ping finds out within PING_INTERVAL).
+# The piece server then asks the downloader to come back soon rather than refusing it.
+_CANNOT_TELL = ("no_tracker", "not_logged_in")
 
 
 def _well_formed(user: str, group: str, ticket: str) -> bool:
@@ -362,8 +366,8 @@ class Client:
 
     def _check_tickets(self, asked: list[Credentials]) -> list[bool]:
         """Whether a tracker vouches for each ticket, in order; ProtocolError
-        ``no_tracker`` if none answered (not knowing is not a no: the piece server
-        decides what it means)."""
+        ``no_tracker`` if none answered, ``not_logged_in`` if our session is gone (not
+        knowing is not a no: the piece server decides what it means)."""
         if self.user is None:
             return [False] * len(asked)
         # Ids a tracker would refuse as malformed are refused here: one of them in a
@@ -377,7 +381,7 @@ class Client:
                 {"user": user, "group": group, "ticket": ticket}
                 for user, group, ticket in well_formed]})
         except ProtocolError as exc:
-            if exc.code == "no_tracker":
+            if exc.code in _CANNOT_TELL:
                 raise
             # A tracker from before check_tickets, or one that takes this call amiss:
             # one call per ticket says which ones are good.
@@ -393,7 +397,7 @@ class Client:
         try:
             self.tracker.call("check_ticket", {"user": user, "group": group, "ticket": ticket})
         except ProtocolError as exc:
-            if exc.code == "no_tracker":
+            if exc.code in _CANNOT_TELL:
                 raise
             log.info("ticket of %s for %s refused: %s", user, group, exc)
             return False

@@ -317,7 +317,7 @@ class PieceServer:
             if verdict is None:
                 for (ident, _key), hello in hellos.items():  # the downloader tries again soon
                     self._refuse(ident, hello.name, "no_tracker",
-                                 "cannot check the ticket now: no tracker answered")
+                                 "cannot check the ticket now: try again soon")
                 continue
             openings = [(ident, key) for ident, opened in self._opened.items()
                         for key, c in opened.items() if c == credentials]

@@ -221,6 +221,8 @@ class _Tracker:
         self.calls.append((op, args))
         if self.batch == "down":
             raise LocalError("no tracker answered within 8 s", "no_tracker")
+        if self.batch == "ended":
+            raise ProtocolError("not logged in", "not_logged_in")
         if op == "check_tickets":
             if self.batch == "old":
                 raise ProtocolError("unknown command 'check_tickets'", "unknown_command")
@@ -261,3 +263,15 @@ def test_the_client_says_when_no_tracker_answered_and_refuses_when_logged_out() 
     tracker = _Tracker("new")
     assert Client._check_tickets(_client(tracker, user=None), ASKED) == [False] * 4
     assert tracker.calls == []
+
+
+def test_a_server_whose_own_session_ended_cannot_tell_rather_than_says_no() -> None:
+    # Its downloaders are members all the same: a refusal would send them away as
+    # non-members, where "cannot check now" has them come back in a moment.
+    tracker = _Tracker("ended")
+    with pytest.raises(ProtocolError) as err:
+        Client._check_tickets(_client(tracker), ASKED)
+    assert err.value.code == "not_logged_in"
+    assert [op for op, _args in tracker.calls] == ["check_tickets"]
+    with pytest.raises(ProtocolError):
+        Client._check_ticket(_client(tracker), *BOB)
