@@ -178,7 +178,14 @@ class Downloads:
         """Restart the saved unfinished downloads of ``user``; returns their file names."""
         resumed = []
         with self._file_lock:
-            entries = self._entries()
+            try:
+                entries = self._entries()
+            except OSError as exc:  # the login stands; there is nothing to resume from
+                self._notify("downloads_unreadable", {
+                    "path": str(self._record), "kept_as": None,
+                    "message": f"cannot read {self._record}: {exc.strerror or exc}: the "
+                               "unfinished downloads it lists will not resume at login"})
+                return []
         for entry in entries:
             if entry["user"] != user:
                 continue
@@ -266,12 +273,18 @@ class Downloads:
             self._write(entries)
 
     def _drop_entry(self, final: Path) -> None:
-        self._file_path(self._resume_path(final)).unlink(missing_ok=True)
-        with self._file_lock:
-            entries = self._entries()
-            kept = [e for e in entries if e.get("path") != str(final)]
-            if len(kept) != len(entries):
-                self._write(kept)
+        """Forget a saved download.  A record the disk refuses is only logged: the
+        download has ended all the same (a login that cannot read the record says so)."""
+        try:
+            self._file_path(self._resume_path(final)).unlink(missing_ok=True)
+            with self._file_lock:
+                entries = self._entries()
+                kept = [e for e in entries if e.get("path") != str(final)]
+                if len(kept) != len(entries):
+                    self._write(kept)
+        except OSError as exc:
+            log.warning("cannot remove the download of %s from %s: %s", final, self._record,
+                        exc)
 
     def stop_sharing(self, download: Download) -> None:
         """Share no piece of ``download`` from now on, also after a resume."""

@@ -179,3 +179,17 @@ def test_a_record_that_cannot_be_moved_aside_is_said_so(
     assert name == "downloads_unreadable" and data["kept_as"] is None
     assert "could not be kept aside: Permission denied" in data["message"], data
     assert saved.record.read_bytes() == b"garbage"
+
+
+def test_a_record_the_disk_will_not_give_is_said_so_and_the_login_stands(
+        tmp_path: Path) -> None:
+    saved = Saved(tmp_path, LocalError("no tracker answered", "no_tracker"))
+    saved.record.unlink()
+    saved.record.mkdir()  # reading it fails with an OSError, not with bad JSON
+    assert saved.downloads.resume_saved("bob") == []
+    [(name, data)] = saved.events
+    assert name == "downloads_unreadable" and data["kept_as"] is None
+    assert str(saved.record) in data["message"] and "will not resume" in data["message"]
+    assert saved.record.is_dir()
+    # A download that ends and would drop its entry must not fail on it either.
+    saved.downloads._drop_entry(saved.final)
