@@ -424,6 +424,9 @@ class Client:
                         user = self.user
                         self.downloads.pause_all()
                         self._forget_session()
+                        # As logout does: the next user of this client must not see
+                        # (nor serve) this user's files.
+                        self.registry.clear()
                         self.notify("session_ended", {
                             "user": user,
                             "message": f"the trackers ended the session of {user}; "
