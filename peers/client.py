@@ -78,6 +78,9 @@ class Client:
         self.notify: Notify = notify or (lambda _event, _data: None)
         self.tracker = TrackerClient(trackers, on_failover=self._failed_over, **tracker_options)
         self.user: str | None = None
+        # Held while a session begins or ends here, so that the ping thread acting on a
+        # refused ping and a login or logout on the REPL thread never interleave.
+        self._session_lock = threading.Lock()
         self.registry = ShareRegistry(data_dir)
         # Through self.notify at each call, so a notify set later is the one used.
         self.downloads = Downloads(data_dir, self, lambda event, data: self.notify(event, data))
@@ -103,21 +106,23 @@ class Client:
 
     def login(self, user: str, password: str) -> dict[str, Any]:
         """Log in, share again what this data dir shared before, resume its downloads."""
-        if self.user is not None:
-            raise LocalError(f"already logged in as {self.user}: logout first",
-                             "already_logged_in")
-        self.tracker.token = secrets.token_hex(32)
-        try:
-            self.tracker.call("login", {"user": user, "password": password,
-                                        "addr": self.peer_addr})
-        except ProtocolError:
-            self.tracker.token = None
-            raise
-        self.user = user
-        self.registry.active = True
-        reshared, dropped = self._reshare(user)
-        resumed = self.downloads.resume_saved(user)
-        return {"user": user, "reshared": reshared, "dropped": dropped, "resumed": resumed}
+        with self._session_lock:
+            if self.user is not None:
+                raise LocalError(f"already logged in as {self.user}: logout first",
+                                 "already_logged_in")
+            self.tracker.token = secrets.token_hex(32)
+            try:
+                self.tracker.call("login", {"user": user, "password": password,
+                                            "addr": self.peer_addr})
+            except ProtocolError:
+                self.tracker.token = None
+                raise
+            self.user = user
+            self.registry.active = True
+            reshared, dropped = self._reshare(user)
+            resumed = self.downloads.resume_saved(user)
+            return {"user": user, "reshared": reshared, "dropped": dropped,
+                    "resumed": resumed}
 
     def _reshare(self, user: str) -> tuple[list[str], list[str]]:
         reshared, dropped = [], []
@@ -160,15 +165,16 @@ class Client:
         downloads go on, the files stay shared).  The session is forgotten as soon as
         they took it, so the ping thread does not mistake it for one they ended.
         """
-        self.require_login()
-        try:
-            self.tracker.call("logout")
-        except ProtocolError as exc:
-            if exc.code != "not_logged_in":  # already gone on the tracker side: fine
-                raise
-        self._forget_session()
-        self.downloads.pause_all()
-        self.registry.clear()
+        with self._session_lock:
+            self.require_login()
+            try:
+                self.tracker.call("logout")
+            except ProtocolError as exc:
+                if exc.code != "not_logged_in":  # already gone on the tracker side: fine
+                    raise
+            self._forget_session()
+            self.downloads.pause_all()
+            self.registry.clear()
 
     def _forget_session(self) -> None:
         self.user = None
@@ -414,31 +420,41 @@ class Client:
         expire), so an unexpected one is logged and the next ping tried as usual."""
         failing = False  # log a bug's traceback once, not every PING_INTERVAL
         while not self._stop.wait(PING_INTERVAL):
-            if self.tracker.token is None:
+            with self._session_lock:  # not half-way through a login or logout
+                token = self.tracker.token
+            if token is None:
                 continue
             try:
                 try:
                     self.tracker.call("ping")
                 except ProtocolError as exc:
-                    if exc.code == "not_logged_in" and self.user is not None:
-                        user = self.user
-                        self.downloads.pause_all()
-                        self._forget_session()
-                        # As logout does: the next user of this client must not see
-                        # (nor serve) this user's files.
-                        self.registry.clear()
-                        self.notify("session_ended", {
-                            "user": user,
-                            "message": f"the trackers ended the session of {user}; "
-                                       "log in again",
-                        })
-                    elif exc.code != "not_logged_in":
+                    if exc.code == "not_logged_in":
+                        self._session_ended(token)
+                    else:
                         log.debug("ping failed: %s", exc)
                 failing = False
             except Exception:
                 log.log(logging.DEBUG if failing else logging.ERROR, "ping failed",
                         exc_info=True)
                 failing = True
+
+    def _session_ended(self, token: str) -> None:
+        """The trackers refused a ping of the session with ``token``: end it here, unless
+        a logout and a login on the REPL thread replaced it meanwhile (the refusal then
+        says nothing about the new session)."""
+        with self._session_lock:
+            user = self.user
+            if user is None or self.tracker.token != token:
+                return
+            self.downloads.pause_all()
+            self._forget_session()
+            # As logout does: the next user of this client must not see (nor serve)
+            # this user's files.
+            self.registry.clear()
+        self.notify("session_ended", {
+            "user": user,
+            "message": f"the trackers ended the session of {user}; log in again",
+        })
 
     def close(self, logout: bool = True) -> None:
         """Log out (unless told not to) and stop background work.

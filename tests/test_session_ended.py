@@ -4,13 +4,20 @@ nothing of its user behind on that client for the next user who logs in there.""
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from p2p.config import load_tracker_info
+from p2p.errors import RemoteError
+from peers import client as client_module
+from peers.client import Client
+from peers.tracker_client import TrackerClient
 from tests.files_support import login, make_file
-from tests.procs import ClientProc, Cluster, cluster, wait_for
+from tests.procs import ClientProc, Cluster, cluster, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -63,3 +70,69 @@ def test_the_next_user_does_not_see_or_serve_the_shares_of_an_ended_session(
     assert login(shared, "alice", create=False)["reshared"] == ["g/f.bin"]
     assert [(s["group"], s["name"]) for s in shared.ok("list_shares")] == [("g", "f.bin")]
     assert shared.close() == 0
+
+
+# --- the ping thread against a login on the REPL thread --------------------------------
+
+class SlowToTellTracker:
+    """Stands in for the TrackerClient: knows the tokens of live sessions, and holds a
+    refused ping's answer until told, like a ping thread that heard ``not_logged_in`` and
+    was descheduled before acting on it."""
+
+    def __init__(self, real: TrackerClient) -> None:
+        self.real = real
+        self.token: str | None = None
+        self.live: set[str] = set()
+        self.refused = threading.Event()  # a ping was refused and waits to say so
+        self.release = threading.Event()
+        self.pings_ok: list[str] = []
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        token = self.token
+        if op == "login":
+            assert token is not None
+            self.live.add(token)
+            return None
+        if token not in self.live:
+            if op == "ping" and not self.refused.is_set():
+                self.refused.set()
+                self.release.wait(10)
+            raise RemoteError("not logged in: use login <user_id> <password>", "not_logged_in")
+        if op == "ping":
+            self.pings_ok.append(token)
+        if op == "logout":
+            self.live.discard(token)
+        return None
+
+    def close(self, wait: bool = True) -> None:
+        self.real.close(wait)
+
+
+def test_a_refused_ping_of_an_old_session_does_not_end_the_next_login(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_module, "PING_INTERVAL", 0.05)
+    info = tmp_path / "tracker_info.txt"
+    info.write_text(f"127.0.0.1 {free_port()}\n")  # nobody answers there: never used
+    events: list[tuple[str, dict[str, Any]]] = []
+    client = Client(load_tracker_info(info), "127.0.0.1", free_port(), tmp_path / "data",
+                    notify=lambda name, data: events.append((name, data)))
+    fake = SlowToTellTracker(client.tracker)
+    client.tracker = fake  # type: ignore[assignment]
+    try:
+        client.login("alice", "pw")
+        wait_for(lambda: fake.pings_ok, 5, "a ping of alice's session")
+        fake.live.clear()  # the trackers end alice's session
+        wait_for(fake.refused.is_set, 5, "a ping to be refused")
+        # Meanwhile, on the REPL thread, the user logs out and bob logs in.
+        client.logout()
+        client.login("bob", "pw")
+        bob_token = fake.token
+        fake.release.set()  # the ping thread now acts on alice's refused ping
+        wait_for(lambda: bob_token in fake.pings_ok or events, 5,
+                 "a ping of bob's session, or an event")
+        assert client.user == "bob"
+        assert fake.token == bob_token
+        assert [e for e in events if e[0] == "session_ended"] == []
+    finally:
+        fake.release.set()
+        client.close(logout=False)
