@@ -293,7 +293,8 @@ class Repl:
                     print(file=self.out)  # leave the shell prompt on a line of its own
                 break
             except KeyboardInterrupt:
-                print(file=self.out)
+                # Off the line where ^C was echoed; in --json, stdout carries JSON only.
+                print(file=self.err if self.json_mode else self.out)
                 continue
             finally:
                 self._at_prompt = False

@@ -124,6 +124,29 @@ def test_ctrl_c_while_exit_waits_for_the_tracker_quits_at_once(
     wait_for(lambda: sessions(c) == 0, 15, "the tracker to time the session out")
 
 
+def test_ctrl_c_between_commands_prints_no_line_in_json_mode(tmp_path: Path) -> None:
+    """With --json every stdout line is JSON: a Ctrl-C while the client waits for the
+    next command adds none (it used to print an empty line there)."""
+    info = tmp_path / "tracker_info.txt"
+    info.write_text(f"127.0.0.1 {free_port()}\n")  # help needs no tracker
+    client = ClientProc(info, tmp_path / "data", tmp_path / "client.log")
+    try:
+        assert client.ok("help")["commands"]
+        pid = client.proc.pid
+        wchan = Path(f"/proc/{pid}/task/{pid}/wchan")
+        wait_for(lambda: "pipe_read" in wchan.read_text(), 10,
+                 "the client to wait for the next command")
+        client.proc.send_signal(signal.SIGINT)
+        # Handled once it printed something: a line on stdout, or one on stderr (the log).
+        # (A command sent at the very moment of a Ctrl-C could be taken by it.)
+        wait_for(lambda: client.log_path.read_text() or not client._lines.empty(), 10,
+                 "the client to handle the Ctrl-C")
+        assert client.ok("help")["commands"]  # fails on any non-JSON line before it
+        assert client.close() == 0
+    finally:
+        client.kill()
+
+
 def test_an_exception_mid_exchange_drops_the_req_socket(
         one_tracker: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     """A KeyboardInterrupt after the request is sent must not leave the REQ socket
