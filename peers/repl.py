@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import io
 import json
+import locale
 import logging
+import os
+import shutil
 import threading
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -185,6 +191,61 @@ def help_text(topic: str | None = None) -> dict[str, Any]:
     return {"commands": [*COMMANDS, *_LOCAL], "text": "commands:\n" + "\n".join(lines)}
 
 
+def _columns(text: str) -> int:
+    """How many terminal columns readline gives ``text`` (a wide character takes two, a
+    control character shows as ^X)."""
+    width = 0
+    for ch in text:
+        if ord(ch) < 32 or ord(ch) == 127 or unicodedata.east_asian_width(ch) in ("W", "F"):
+            width += 2
+        elif not unicodedata.combining(ch):
+            width += 1
+    return width
+
+
+@functools.cache
+def _readline_point() -> ctypes.c_int | None:
+    """readline's ``rl_point`` (the cursor's byte offset in the line being typed), which
+    the readline module does not expose; None where the library cannot be reached."""
+    try:
+        import readline
+
+        return ctypes.c_int.in_dll(ctypes.CDLL(readline.__file__), "rl_point")
+    except (ImportError, AttributeError, OSError, ValueError):
+        return None
+
+
+def _typed() -> tuple[str, str]:
+    """The line being typed at the prompt, split at readline's cursor (all of it before
+    the cursor where the cursor cannot be known)."""
+    import readline
+
+    line = readline.get_line_buffer()
+    point = _readline_point()
+    if point is None:
+        return line, ""
+    # The readline module decodes the line the same way, from the same bytes.
+    encoding = locale.getpreferredencoding(False)
+    raw = line.encode(encoding, "surrogateescape")
+    before = raw[:max(0, point.value)].decode(encoding, "surrogateescape")
+    return before, line[len(before):]
+
+
+def _terminal_width(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return shutil.get_terminal_size().columns
+
+
+def _up(rows: int) -> str:
+    return f"\x1b[{rows}A" if rows > 0 else ""
+
+
+def _right(columns: int) -> str:
+    return f"\x1b[{columns}C" if columns > 0 else ""
+
+
 class Repl:
     """Reads commands, runs them on a Client, prints one answer per command."""
 
@@ -205,14 +266,26 @@ class Repl:
                 if not self._at_prompt:
                     print(text, file=self.err, flush=True)
                     return
-                # Print the notice above the prompt and redraw what was being typed,
-                # so nothing the user sees is garbled.
-                import readline
+                self._print_above_prompt(text)
 
-                self.err.write(f"\r\x1b[K{text}\n")
-                self.err.flush()
-                self.out.write(PROMPT + readline.get_line_buffer())
-                self.out.flush()
+    def _print_above_prompt(self, text: str) -> None:
+        """Print ``text`` where the line being typed was, then draw that line again below
+        it with the cursor where readline has it: the screen shows what Enter will run,
+        and readline, which moves the cursor relative to where it left it, edits the
+        right characters (callers hold the print lock)."""
+        before, after = _typed()
+        width = _terminal_width(self.out)
+        cursor = _columns(PROMPT + before)  # columns from the start of the prompt
+        end = cursor + _columns(after)
+        # From the cursor up to the prompt's first row; clear every row the line took.
+        self.err.write("\r" + _up(cursor // width) + "\x1b[J" + text + "\n")
+        self.err.flush()
+        # A line that ends at the right margin leaves the terminal's cursor there: a
+        # space takes it to the next row, where readline counts it.
+        wrap = " \r" if end % width == 0 else ""
+        self.out.write(PROMPT + before + after + wrap + "\r"
+                       + _up(end // width - cursor // width) + _right(cursor % width))
+        self.out.flush()
 
     def execute(self, line: str) -> bool:
         """Run one line; returns False when the REPL should stop."""

@@ -14,12 +14,12 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.procs import ROOT, Cluster, free_port, wait_for
+from tests.procs import ROOT, Cluster, cluster, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -126,6 +126,19 @@ class Terminal:
         assert out and out[0].strip() == line.strip(), f"echo of {line!r} missing: {out}"
         return out[1:]
 
+    def settled_screen(self, shows: Callable[[list[str]], bool], timeout: float = 10
+                       ) -> list[str]:
+        """The screen's rows once ``shows`` holds for them (the terminal's output can
+        arrive in pieces); on a timeout, fail showing the rows."""
+        def rows() -> list[str]:
+            self._drain()
+            return Screen(132).feed(self.raw.decode(errors="replace")).lines()
+
+        try:
+            return wait_for(lambda: shows(rows()) and rows(), timeout, "the screen")
+        except AssertionError:
+            raise AssertionError("\n".join(["screen:", *rows()])) from None
+
     def _exited(self) -> bool:
         self._drain()  # so the child never blocks on output
         return self.proc.poll() is not None
@@ -139,6 +152,96 @@ class Terminal:
             self.proc.kill()
             self.proc.wait(10)
         os.close(self.fd)
+
+
+_CONTROL = re.compile(r"\x1b\[([0-?]*)[ -/]*([@-~])|\x1b\][^\x07]*\x07|\x1b.|[\x00-\x1f]")
+
+
+class Screen:
+    """Just enough of a terminal to see what a person sees: text that wraps at the right
+    margin, CR, LF, BS, and the CSI sequences readline and the REPL use (cursor moves,
+    erasing, inserting and deleting characters); other sequences change nothing."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.rows: list[list[str]] = [[]]
+        self.row = self.col = 0
+        self.pending_wrap = False  # at the margin: the next character goes on a new row
+
+    def feed(self, text: str) -> Screen:
+        at = 0
+        for m in _CONTROL.finditer(text):
+            for ch in text[at:m.start()]:
+                self._put(ch)
+            at = m.end()
+            if m.group(2) is not None:
+                self._csi(m.group(1), m.group(2))
+            elif m.group() == "\r":
+                self.col, self.pending_wrap = 0, False
+            elif m.group() == "\n":
+                self._to_row(self.row + 1)
+            elif m.group() == "\b":
+                self.col, self.pending_wrap = max(0, self.col - 1), False
+        for ch in text[at:]:
+            self._put(ch)
+        return self
+
+    def lines(self) -> list[str]:
+        return ["".join(r).rstrip() for r in self.rows]
+
+    def _to_row(self, row: int) -> None:
+        self.row, self.pending_wrap = max(0, row), False
+        while len(self.rows) <= self.row:
+            self.rows.append([])
+
+    def _cells(self) -> list[str]:
+        cells = self.rows[self.row]
+        cells.extend(" " * (self.width - len(cells)))
+        return cells
+
+    def _put(self, ch: str) -> None:
+        if self.pending_wrap:
+            self._to_row(self.row + 1)
+            self.col = 0
+        self._cells()[self.col] = ch
+        if self.col == self.width - 1:
+            self.pending_wrap = True
+        else:
+            self.col += 1
+
+    def _csi(self, params: str, final: str) -> None:
+        n = int(params) if params.isdigit() else 0
+        count = max(n, 1)
+        if final in "ABCD":
+            self.pending_wrap = False
+        if final == "A":
+            self._to_row(self.row - count)
+        elif final == "B":
+            self._to_row(self.row + count)
+        elif final == "C":
+            self.col = min(self.width - 1, self.col + count)
+        elif final == "D":
+            self.col = max(0, self.col - count)
+        elif final == "K" and n == 0:
+            self.rows[self.row] = self._cells()[:self.col]
+        elif final == "J" and n == 0:
+            self.rows[self.row] = self._cells()[:self.col]
+            del self.rows[self.row + 1:]
+        elif final == "@":
+            cells = self._cells()
+            cells[self.col:self.col] = " " * count
+            del cells[self.width:]
+        elif final == "P":
+            cells = self._cells()
+            del cells[self.col:self.col + count]
+
+
+def test_screen_model() -> None:
+    """The model itself: wrapping at the margin, moves, erasing, insertion."""
+    screen = Screen(10).feed("p2p> abcdefghij\rX\x1b[1AY\x1b[2CZ\x1b[1@_\n\rnext\x1b[2D\x1b[K!")
+    assert screen.lines() == ["pYp>Z_abcd", "ne!"]
+    assert Screen(4).feed("abcd \r").lines() == ["abcd", ""]
+    assert Screen(4).feed("ab\ncd\x1b[1A\r\x1b[J").lines() == [""]
 
 
 @pytest.fixture
@@ -236,3 +339,50 @@ def test_ctrl_c_at_the_prompt_and_exit(one_tracker: Cluster, terminal: Terminal)
     assert terminal.wait() == 0
     assert "Traceback" not in terminal.text
     assert sessions(one_tracker) == 0
+
+
+def test_a_notice_leaves_the_line_being_typed_as_it_is(tmp_path: Path) -> None:
+    """A notice that comes while the user types is printed above the line, and the line
+    is drawn again as readline has it: with the cursor where it was (so typing goes in
+    there, on the screen as in the line), and with no stale row of a long line left."""
+    with cluster(tmp_path, trackers=3) as c:
+        term = Terminal([sys.executable, "-m", "peers", f"127.0.0.1:{free_port()}",
+                         str(c.info), "--data-dir", str(tmp_path / "tty-client")], cwd=tmp_path)
+        try:
+            term.expect(PROMPT)
+            assert term.command("create_user ann pw") == ["user ann created"]
+            assert term.command("login ann pw") == ["logged in as ann"]
+
+            # The cursor moved back six characters; a failover notice comes.
+            term.type("list_groups" + "\x02" * 6)  # Ctrl-B: one character left
+            term.expect("list_groups")
+            c.tracker(1).kill()
+            term.expect("[failover]")
+            term.expect("p2p> list_groups")
+            term.type("ZZ")
+            screen = term.settled_screen(lambda rows: rows[-1] == "p2p> list_ZZgroups")
+            assert screen[-2].startswith("[failover] tracker 1 "), screen
+            term.type("\n")  # what runs is what the screen shows
+            assert "error: unknown command 'list_ZZgroups'" in term.expect(PROMPT)
+
+            # A line over two rows, the cursor back on its first row; another notice.
+            long_line = "list_groups " + "x" * 180
+            term.type(long_line + "\x01" + "\x06" * 2)  # Ctrl-A: to the start; Ctrl-F
+            term.expect("x" * 50)
+            c.tracker(2).kill()
+            term.expect("[failover]")
+            term.expect("p2p> list_groups")
+            term.type("QQ")
+            shown = "p2p> liQQst_groups " + "x" * 180
+            screen = term.settled_screen(lambda rows: rows[-2:] == [shown[:132], shown[132:]])
+            assert screen[-3].startswith("[failover] tracker 2 "), screen
+            assert screen[-4].startswith("error: unknown command"), screen
+            term.type("\x05\x15")  # Ctrl-E, Ctrl-U: the line is dropped
+            term.type("exit\n")
+            term.expect("bye")
+            assert term.wait() == 0
+        except BaseException:
+            sys.stderr.write(f"--- terminal\n{term.text[-4000:]}\n")
+            raise
+        finally:
+            term.close()
