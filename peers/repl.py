@@ -231,6 +231,13 @@ def _typed() -> tuple[str, str]:
     return before, line[len(before):]
 
 
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (ValueError, AttributeError):  # closed, or not a real stream
+        return False
+
+
 def _terminal_width(stream: TextIO) -> int:
     try:
         return os.get_terminal_size(stream.fileno()).columns or 80
@@ -353,13 +360,16 @@ class Repl:
     def loop(self, stdin: TextIO) -> None:
         """Read until ``exit`` or end of input (which also logs out)."""
         interactive = stdin.isatty() and not self.json_mode
+        # Notices are drawn above the line being typed only where stdout and stderr are
+        # the terminal too: elsewhere the redraw would garble the one and litter the other.
+        terminal = interactive and _isatty(self.out) and _isatty(self.err)
         if isinstance(stdin, io.TextIOWrapper):  # bad bytes must not crash the reader
             stdin.reconfigure(errors="surrogateescape")
         if interactive:
             import readline  # noqa: F401  (line editing and history for input())
         while True:
             try:
-                self._at_prompt = interactive
+                self._at_prompt = terminal
                 line = input(PROMPT) if interactive else stdin.readline()
             except EOFError:
                 if interactive:

@@ -34,23 +34,27 @@ _TAKE_TTY = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 
 
 
 class Terminal:
-    """A child process whose stdin, stdout and stderr are a pseudo-terminal.
+    """A child process whose stdin, stdout and stderr (unless given a file for it) are a
+    pseudo-terminal.
 
     Started with subprocess (no fork in Python code: the test process has threads).
     """
 
-    def __init__(self, argv: list[str], cwd: Path) -> None:
+    def __init__(self, argv: list[str], cwd: Path, stderr: Path | None = None) -> None:
         env = dict(os.environ, TERM="xterm-256color", PYTHONUNBUFFERED="1",
                    PYTHONFAULTHANDLER="1",  # a hung client shows its threads on SIGABRT
                    PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         master, slave = pty.openpty()
         fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 132, 0, 0))
+        err = open(stderr, "ab") if stderr else None  # noqa: SIM115 (handed to the child)
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", _TAKE_TTY, *argv], stdin=slave, stdout=slave,
-                stderr=slave, cwd=cwd, env=env, start_new_session=True)
+                stderr=err or slave, cwd=cwd, env=env, start_new_session=True)
         finally:
             os.close(slave)
+            if err:
+                err.close()
         self.fd = master
         self.raw = b""
         self.seen = 0
@@ -381,6 +385,36 @@ def test_a_notice_leaves_the_line_being_typed_as_it_is(tmp_path: Path) -> None:
             term.type("exit\n")
             term.expect("bye")
             assert term.wait() == 0
+        except BaseException:
+            sys.stderr.write(f"--- terminal\n{term.text[-4000:]}\n")
+            raise
+        finally:
+            term.close()
+
+
+def test_with_stderr_elsewhere_a_notice_leaves_the_terminal_alone(tmp_path: Path) -> None:
+    """With stderr sent to a file, a notice goes there as a plain line: nothing is drawn
+    again on the terminal, where the line being typed stays as it was."""
+    with cluster(tmp_path, trackers=2) as c:
+        log = tmp_path / "client.err"
+        term = Terminal([sys.executable, "-m", "peers", f"127.0.0.1:{free_port()}",
+                         str(c.info), "--data-dir", str(tmp_path / "tty-client")],
+                        cwd=tmp_path, stderr=log)
+        try:
+            term.expect(PROMPT)
+            assert term.command("create_user ann pw") == ["user ann created"]
+            assert term.command("login ann pw") == ["logged in as ann"]
+            term.type("list_gr")
+            term.expect("list_gr")
+            c.tracker(1).kill()
+            wait_for(lambda: "[failover]" in log.read_text(), 10, "the failover notice")
+            term.type("oups")
+            screen = term.settled_screen(lambda rows: "oups" in rows[-1])
+            assert screen[-1] == "p2p> list_groups", screen
+            assert [line.split(" tracker")[0] for line in log.read_text().splitlines()] == [
+                "[failover]"]
+            term.type("\n")
+            assert "no groups yet" in term.expect(PROMPT)
         except BaseException:
             sys.stderr.write(f"--- terminal\n{term.text[-4000:]}\n")
             raise
