@@ -253,6 +253,22 @@ def _right(columns: int) -> str:
     return f"\x1b[{columns}C" if columns > 0 else ""
 
 
+class _NoticeStream:
+    """Where log handlers write while the REPL reads from a terminal: each record is
+    printed as a notice, above the line being typed."""
+
+    def __init__(self, repl: Repl) -> None:
+        self._repl = repl
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            self._repl.notice(text.rstrip("\n"))
+        return len(text)
+
+    def flush(self) -> None:
+        """Each record is flushed as it is written."""
+
+
 class Repl:
     """Reads commands, runs them on a Client, prints one answer per command."""
 
@@ -260,7 +276,8 @@ class Repl:
         self.client = client
         self.out, self.err = out, err
         self.json_mode = json_mode
-        self._print_lock = threading.Lock()
+        # Reentrant: a record logged while a line is being printed must not deadlock.
+        self._print_lock = threading.RLock()
         self._at_prompt = False  # a terminal user is typing after "p2p> "
 
     def event(self, name: str, data: dict[str, Any]) -> None:
@@ -268,12 +285,16 @@ class Repl:
         if self.json_mode:
             self._emit(json.dumps({"event": name, **data}))
         else:
-            with self._print_lock:
-                text = f"[{name}] {data.get('message', '')}"
-                if not self._at_prompt:
-                    print(text, file=self.err, flush=True)
-                    return
+            self.notice(f"[{name}] {data.get('message', '')}")
+
+    def notice(self, text: str) -> None:
+        """Print ``text`` on stderr, outside any command's answer: above the line being
+        typed when the user is at the prompt."""
+        with self._print_lock:
+            if self._at_prompt:
                 self._print_above_prompt(text)
+            else:
+                print(text, file=self.err, flush=True)
 
     def _print_above_prompt(self, text: str) -> None:
         """Print ``text`` where the line being typed was, then draw that line again below
@@ -367,6 +388,22 @@ class Repl:
             stdin.reconfigure(errors="surrogateescape")
         if interactive:
             import readline  # noqa: F401  (line editing and history for input())
+        # A warning logged by a background thread would land in the middle of the line
+        # being typed: at a terminal, log records are printed as notices.
+        routed = [h for h in logging.getLogger().handlers
+                  if terminal and isinstance(h, logging.StreamHandler)
+                  and h.stream is self.err]
+        for handler in routed:
+            handler.setStream(_NoticeStream(self))
+        try:
+            self._read_commands(stdin, interactive, terminal)
+        finally:
+            for handler in routed:
+                handler.setStream(self.err)
+
+    def _read_commands(self, stdin: TextIO, interactive: bool, terminal: bool) -> None:
+        """Run each line read, then quit: at a prompt when ``interactive``, with notices
+        drawn above the line being typed when ``terminal``."""
         while True:
             try:
                 self._at_prompt = terminal

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 
 from tests.procs import ROOT, Cluster, cluster, free_port, wait_for
 
@@ -420,3 +421,38 @@ def test_with_stderr_elsewhere_a_notice_leaves_the_terminal_alone(tmp_path: Path
             raise
         finally:
             term.close()
+
+
+def test_a_log_line_from_a_background_thread_leaves_the_line_being_typed_as_it_is(
+        one_tracker: Cluster, tmp_path: Path) -> None:
+    """A warning logged while the user types (here: a stranger's garbled request to the
+    peer server) is printed above the line being typed, which is drawn again."""
+    port = free_port()
+    term = Terminal([sys.executable, "-m", "peers", f"127.0.0.1:{port}",
+                     str(one_tracker.info), "--data-dir", str(tmp_path / "tty-client")],
+                    cwd=tmp_path)
+    stranger: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    stranger.setsockopt(zmq.LINGER, 0)
+    try:
+        term.expect(PROMPT)
+        term.type("list_gr")
+        term.expect("list_gr")
+        stranger.connect(f"tcp://127.0.0.1:{port}")
+        stranger.send(b"\xc1 not msgpack")
+        term.expect("bad peer request")
+        term.expect("p2p> list_gr")  # drawn again
+        term.type("oups")
+        screen = term.settled_screen(lambda rows: rows[-1] == "p2p> list_groups")
+        assert "WARNING peers.piece_server: bad peer request" in screen[-2], screen
+        assert not any(PROMPT in row for row in screen[:-1]), screen
+        term.type("\n")
+        assert "error: not logged in" in term.expect(PROMPT)
+        term.type("exit\n")
+        term.expect("bye")
+        assert term.wait() == 0
+    except BaseException:
+        sys.stderr.write(f"--- terminal\n{term.text[-4000:]}\n")
+        raise
+    finally:
+        stranger.close(0)
+        term.close()
