@@ -215,7 +215,8 @@ class Download:
 
     def _fail(self, why: str) -> None:
         self.state, self.error = "failed", why
-        log.warning("download of %s failed: %s", self.name, why)
+        # info: the user is told by the client's download_failed event, once
+        log.info("download of %s failed: %s", self.name, why)
 
     def _transfer(self, partial: PartialDownload) -> bool:
         """Fetch every missing piece; False if stopped first.

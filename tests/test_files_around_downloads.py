@@ -257,6 +257,9 @@ def test_a_destination_replaced_by_a_file_fails_the_download_and_wait_returns(
     assert failed["state"] == "failed" and "cannot write" in failed["error"], failed
     assert dest.read_bytes() == b"the user's own"
     assert [e["event"] for e in bob.events] == ["download_failed"]
+    # Said once, by the event: stderr (where a terminal user also sees events) does not
+    # repeat it as a warning.
+    assert "download of f.bin failed" not in bob.log_path.read_text()
     assert list((bob.data_dir / "partial").iterdir()) == []
     bob.ok("list_groups")  # and the client goes on
 
