@@ -114,7 +114,7 @@ class Client:
             try:
                 self.tracker.call("login", {"user": user, "password": password,
                                             "addr": self.peer_addr})
-            except ProtocolError:
+            except BaseException:  # Ctrl-C too: no ping may keep a half-made session
                 self.tracker.token = None
                 raise
             self.user = user

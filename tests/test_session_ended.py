@@ -136,3 +136,43 @@ def test_a_refused_ping_of_an_old_session_does_not_end_the_next_login(
     finally:
         fake.release.set()
         client.close(logout=False)
+
+
+class InterruptedLogin:
+    """A tracker connection whose login call is interrupted by Ctrl-C mid-way: the
+    tracker may or may not have taken it."""
+
+    def __init__(self, real: TrackerClient) -> None:
+        self.real = real
+        self.token: str | None = None
+        self.pinged = threading.Event()
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        if op == "login":
+            raise KeyboardInterrupt
+        if op == "ping":
+            self.pinged.set()
+        return None
+
+    def close(self, wait: bool = True) -> None:
+        self.real.close(wait)
+
+
+def test_a_login_interrupted_by_ctrl_c_keeps_no_session_alive(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pings with the half-made session's token would keep it alive at a tracker that
+    # took the login, for a user this client does not count as logged in.
+    monkeypatch.setattr(client_module, "PING_INTERVAL", 0.05)
+    info = tmp_path / "tracker_info.txt"
+    info.write_text(f"127.0.0.1 {free_port()}\n")  # nobody answers there: never used
+    client = Client(load_tracker_info(info), "127.0.0.1", free_port(), tmp_path / "data")
+    fake = InterruptedLogin(client.tracker)
+    client.tracker = fake  # type: ignore[assignment]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            client.login("alice", "pw")
+        assert client.user is None and fake.token is None
+        # Ten ping intervals without a ping.
+        assert not fake.pinged.wait(0.5), "a ping went out for the interrupted login"
+    finally:
+        client.close(logout=False)
