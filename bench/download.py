@@ -8,8 +8,8 @@ over pyzmq DEALER -> ROUTER with SHA1 computed on the receiving side), and each
 downloader's peak RSS.  Each round measures all three back to back; the last lines
 give the median ratio over the rounds, since one round on a shared machine can be
 off by 15% either way.  Beside each measurement it prints how much of the two cores
-sat idle and how much time the hypervisor stole for other machines (a round with
-much stolen ran on a busy host).
+sat idle (and how much of that waiting on the disk) and how much time the hypervisor
+stole for other machines (a round with much stolen ran on a busy host).
 """
 
 from __future__ import annotations
@@ -116,7 +116,8 @@ def idle_and_stolen(before: list[int], after: list[int]) -> str:
     much stolen ran on a busy host and says little."""
     spent = [b - a for a, b in zip(before, after, strict=True)]
     total = sum(spent) or 1
-    return f"machine idle {(spent[3] + spent[4]) / total:.0%}, stolen {spent[7] / total:.0%}"
+    return (f"machine idle {(spent[3] + spent[4]) / total:.0%} (waiting on the disk "
+            f"{spent[4] / total:.0%}), stolen {spent[7] / total:.0%}")
 
 
 def member(c: object, client: ClientProc, name: str, owner: ClientProc | None) -> None:
