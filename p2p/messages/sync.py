@@ -109,8 +109,9 @@ class Event:
             raise LocalError("event must be a 7-item list", "bad_request")
         origin, seq, ts, cid, rid, etype, data = obj
         for name, value in (("origin", origin), ("seq", seq), ("ts", ts), ("rid", rid)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise LocalError(f"event field {name} must be a non-negative int", "bad_request")
+            # Below 2**63: the log stores these in sqlite's signed 64-bit integers, and a
+            # larger one made the append raise out of the tracker's loop.
+            _uint(value, f"event field {name}")
         if not isinstance(cid, str) or not isinstance(etype, str) or not isinstance(data, dict):
             raise LocalError("event cid/type/data have wrong types", "bad_request")
         return cls(origin, seq, ts, cid, rid, etype, data)
