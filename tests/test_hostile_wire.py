@@ -40,7 +40,7 @@ def _still_serves_writes(c: Cluster) -> None:
 
 # --- tracker to tracker: a stranger where a dead tracker's PUB port was ----------------------
 
-@pytest.mark.parametrize("ts", [2**64 - 1], ids=["beyond-int64"])
+@pytest.mark.parametrize("ts", [2**64 - 1, 2**63 - 1], ids=["beyond-int64", "int64-max"])
 def test_an_event_with_an_enormous_timestamp_does_not_stop_a_tracker(
         tmp_path: Path, zctx: zmq.Context[Any], ts: int) -> None:
     """Tracker 2 is down and a stranger publishes on its PUB port an event stamped at the

@@ -13,7 +13,7 @@ from hypothesis import strategies as hst
 from p2p.messages.sync import Event
 from tests.test_state import scenario, world
 from trackers import state as st
-from trackers.clock import HybridClock
+from trackers.clock import OBSERVE_CEILING, HybridClock
 from trackers.ledger import SNAPSHOT_EVERY, SNAPSHOTS_KEPT, Ledger
 
 pytestmark = pytest.mark.timeout(30)
@@ -366,6 +366,16 @@ def test_observe_moves_the_clock_past_a_remote_timestamp() -> None:
     assert clock.now() > remote
     clock.observe(5)  # an old timestamp does not move the clock back
     assert clock.now() > remote + 1
+
+
+def test_a_timestamp_at_the_top_of_the_range_leaves_room_for_storable_stamps() -> None:
+    """A hostile event stamped 2**63 - 1 must not push every later stamp past what the
+    log can store (sqlite's signed 64-bit integers)."""
+    clock = HybridClock(lambda: 1000)
+    clock.observe(2**63 - 1)
+    stamps = [clock.now() for _ in range(1000)]
+    assert stamps == sorted(set(stamps))
+    assert stamps[0] > OBSERVE_CEILING and stamps[-1] < 2**63
 
 
 def test_default_clock_uses_real_time() -> None:

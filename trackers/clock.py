@@ -11,6 +11,11 @@ import time
 from collections.abc import Callable
 
 _COUNTER_BITS = 16
+# Observed timestamps move the clock at most this far: about the year 4200 in
+# wall-clock milliseconds, so no real clock's stamp is affected, and the stamps made
+# after it stay far below 2**63, the most the event log can store.  A stranger's
+# event stamped near 2**63 would otherwise leave every later write unstorable.
+OBSERVE_CEILING = 2**62
 
 
 class HybridClock:
@@ -25,5 +30,6 @@ class HybridClock:
         return self._last
 
     def observe(self, ts: int) -> None:
-        """Note a timestamp seen from elsewhere."""
-        self._last = max(self._last, ts)
+        """Note a timestamp seen from elsewhere (one beyond ``OBSERVE_CEILING`` counts
+        as the ceiling)."""
+        self._last = max(self._last, min(ts, OBSERVE_CEILING))
