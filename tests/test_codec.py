@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hst
 
 from p2p import codec
-from p2p.errors import LocalError, ProtocolError, RemoteError
+from p2p.errors import SHOWN_CHARS, LocalError, ProtocolError, RemoteError
 from p2p.messages.sync import Event
 from p2p.messages.tracker import Reply, Request, check_file_name, check_id
 
@@ -322,3 +322,15 @@ def test_good_file_names(good: str) -> None:
                                  "..\\x", "a\0b", "a\nb", "\x1f", "é" * 128, None, 3, b"f"])
 def test_bad_file_names(bad: Any) -> None:
     expect_bad_request(check_file_name, bad)
+
+
+@FAST
+@given(hst.one_of(values, hst.text(min_size=100, max_size=5000),
+                  hst.binary(min_size=100, max_size=5000)))
+def test_errors_about_a_bad_value_quote_little_of_it(value: Any) -> None:
+    """The sender decides a value's size; an error reply or log line must not echo it."""
+    for check in (lambda v: check_id(v, "user id"), check_file_name):
+        try:
+            check(value)
+        except LocalError as exc:
+            assert len(str(exc)) < SHOWN_CHARS + 100, str(exc)

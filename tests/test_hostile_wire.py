@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 import zmq
 
+from p2p import codec
+from p2p.messages import piece as msg
 from p2p.messages.sync import Event, encode_sync
+from tests.files_support import Probe
 from tests.procs import Cluster, wait_for
 from tests.test_replication_kit import Direct
 
@@ -69,3 +72,48 @@ def test_an_event_with_an_enormous_timestamp_does_not_stop_a_tracker(
     finally:
         pub.close(0)
         c.close()
+
+
+# --- error replies that echo what a stranger sent ----------------------------------------
+
+# An error reply or log line about a bad value is this short, whatever the value's size.
+SHORT = 1024
+
+
+def test_a_huge_bad_id_gets_a_short_error_from_a_tracker(one_tracker: Cluster,
+                                                         zctx: zmq.Context[Any]) -> None:
+    """A reply that quoted the whole 1 MB id let a stranger who never read its replies
+    make the tracker hold a copy of everything it sent, and more."""
+    dealer: zmq.Socket[Any] = zctx.socket(zmq.DEALER)
+    dealer.connect(f"tcp://127.0.0.1:{one_tracker.ports[0]}")
+    bad = "\x01" + "x" * (1 << 20)
+    for args in ({"user": bad, "password": "pw"}, {"user": [bad], "password": "pw"}):
+        dealer.send_multipart([b"", codec.encode(
+            {"op": "create_user", "cid": "eve", "rid": 1, "args": args})])
+        assert dealer.poll(5000), "no reply"
+        reply = dealer.recv_multipart()[-1]
+        assert len(reply) < SHORT, len(reply)
+        assert codec.decode(reply)["code"] == "bad_request"
+    _still_serves_writes(one_tracker)
+
+
+def test_a_huge_bad_name_gets_a_short_refusal_from_a_peer(one_tracker: Cluster) -> None:
+    """The same at a client's piece server, whose log line quoted the name too."""
+    peer = one_tracker.client("alice")
+    probe = Probe(peer)
+    try:
+        bad = "\x01" + "x" * 60_000
+        for wire in ({"t": "hello", "group": "g", "name": bad, "sha1": "0" * 40,
+                      "user": "eve", "ticket": "t"},
+                     {"t": bad, "group": "g", "name": "f.bin", "index": 0}):
+            probe.send(wire)
+            reply = probe.reply()
+            assert isinstance(reply, msg.Refused) and reply.code == "bad_request", reply
+            assert len(codec.encode(probe.last)) < SHORT, len(codec.encode(probe.last))
+        wait_for(lambda: peer.log_path.read_text().count("bad peer request") == 2, 5,
+                 "the two warnings")
+        lines = peer.log_path.read_text().splitlines()
+        assert lines and max(map(len, lines)) < SHORT, max(map(len, lines))
+        assert peer.ok("help login")["usage"]  # still answering its user
+    finally:
+        probe.close()

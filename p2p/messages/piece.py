@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from p2p import codec
-from p2p.errors import LocalError
+from p2p.errors import LocalError, shown
 from p2p.messages.tracker import check_file_name, check_id
 
 MAX_REQUEST = 64 * 1024  # requests are small; anything bigger is refused by the socket
@@ -90,7 +90,7 @@ def parse_request(frame: bytes) -> Request:
         return Get(group, name, _index(obj))
     if kind == "cancel":
         return Cancel(group, name, _index(obj))
-    raise LocalError(f"unknown peer request {kind!r}", "bad_request")
+    raise LocalError(f"unknown peer request {shown(kind)}", "bad_request")
 
 
 # --- replies (server -> downloader) -------------------------------------------------------
@@ -170,4 +170,4 @@ def parse_reply(frames: list[Any]) -> Reply:
         index = obj.get("index")
         return Refused(name, _field(obj, "code", str), _field(obj, "error", str),
                        index if isinstance(index, int) and not isinstance(index, bool) else None)
-    raise LocalError(f"unknown peer reply {kind!r}", "bad_request")
+    raise LocalError(f"unknown peer reply {shown(kind)}", "bad_request")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2p import codec
-from p2p.errors import LocalError
+from p2p.errors import LocalError, shown
 
 MAX_TRACKERS = 1000  # tracker numbers are 1..MAX_TRACKERS
 MAX_SIDS = 100_000
@@ -240,7 +240,7 @@ def decode_sync(data: bytes | memoryview, *, max_size: int = codec.MAX_FRAME) ->
         raise _bad("sync frame must be a list starting with its kind")
     cls = _KINDS.get(obj[0])
     if cls is None:
-        raise _bad(f"unknown sync message kind {obj[0]!r}")
+        raise _bad(f"unknown sync message kind {shown(obj[0])}")
     if cls is Event:
         return Event.from_wire(obj[1:])
     message: SyncMessage = cls.from_wire(obj[1:])

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from p2p.errors import LocalError
+from p2p.errors import LocalError, shown
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}\Z")
 MAX_PASSWORD = 1024
@@ -22,7 +22,7 @@ def check_id(value: Any, what: str) -> str:
     """Validate a user or group id: 1-64 of letters, digits and ``_ . @ -``."""
     if not isinstance(value, str) or not ID_RE.match(value):
         raise LocalError(
-            f"invalid {what} {value!r}: use 1-64 letters, digits or _ . @ -", "bad_request"
+            f"invalid {what} {shown(value)}: use 1-64 letters, digits or _ . @ -", "bad_request"
         )
     return value
 
@@ -39,7 +39,8 @@ def check_file_name(value: Any) -> str:
         or value in (".", "..")
         or any(ord(c) < 32 for c in value)
     ):
-        raise LocalError(f"invalid file name {value!r}: must be a plain base name", "bad_request")
+        raise LocalError(f"invalid file name {shown(value)}: must be a plain base name",
+                         "bad_request")
     return value
 
 
