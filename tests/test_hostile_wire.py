@@ -117,3 +117,26 @@ def test_a_huge_bad_name_gets_a_short_refusal_from_a_peer(one_tracker: Cluster) 
         assert peer.ok("help login")["usage"]  # still answering its user
     finally:
         probe.close()
+
+
+def test_a_tracker_does_not_echo_an_envelope_that_is_not_routing_ids(
+        one_tracker: Cluster, zctx: zmq.Context[Any]) -> None:
+    """A reply carries the frames before the request back: a 1 MB frame there, or a
+    thousand small ones, is not a routing envelope and gets no reply at all."""
+    dealer: zmq.Socket[Any] = zctx.socket(zmq.DEALER)
+    dealer.connect(f"tcp://127.0.0.1:{one_tracker.ports[0]}")
+    status = codec.encode({"op": "status", "cid": "eve", "rid": 1})
+    for envelope in ([b"x" * (1 << 20), b""], [b"h"] * 1000 + [b""]):
+        dealer.send_multipart([*envelope, status])
+        dealer.send_multipart([b"", status])  # answered in order, so first if the above is not
+        assert dealer.poll(5000), "no reply"
+        frames = dealer.recv_multipart()
+        assert len(frames) == 2 and frames[0] == b"", [len(f) for f in frames[:3]]
+        assert codec.decode(frames[1])["ok"] is True
+    # Routing envelopes as REQ, DEALER and a chain of proxies send them are answered.
+    for envelope in ([b""], [], [b"hop1", b"hop2", b""], [b"r" * 255, b""]):
+        dealer.send_multipart([*envelope, status])
+        assert dealer.poll(5000), f"no reply to {envelope}"
+        frames = dealer.recv_multipart()
+        assert frames[:-1] == envelope and codec.decode(frames[-1])["ok"] is True
+    _still_serves_writes(one_tracker)

@@ -40,6 +40,12 @@ SESSION_TIMEOUT = 10.0  # a client not heard from for this long is logged out
 _TICK = 0.1
 _MIN_TICK = 0.002
 _MAX_DEFERRED = 10_000
+# A reply goes back with the frames before the request (the envelope).  Real ones are
+# routing ids (at most 255 bytes in ZeroMQ) and empty delimiters, one or two per hop;
+# anything else is not answered, or a stranger could have us echo 16 MB frames by the
+# hundred and, never reading them, make the tracker hold every copy.
+_MAX_ENVELOPE_FRAMES = 16
+_MAX_ENVELOPE_FRAME = 255
 
 Envelope = list[bytes]
 _HASHED_OPS = ("create_user", "login")  # these need scrypt (~70 ms): done off the loop
@@ -224,6 +230,11 @@ class TrackerServer:
             log.warning("dropped a client message without envelope")
             return
         envelope, payload = frames[:-1], frames[-1]
+        if (len(envelope) > _MAX_ENVELOPE_FRAMES
+                or any(len(frame) > _MAX_ENVELOPE_FRAME for frame in envelope)):
+            log.warning("dropped a client message whose envelope is not routing ids "
+                        "(%d frames, %d bytes)", len(envelope), sum(map(len, envelope)))
+            return
         try:
             req = Request.from_wire(codec.decode(payload, max_size=MAX_MESSAGE))
         except LocalError as exc:
