@@ -57,9 +57,10 @@ ASKING_WITHIN = 10.0
 # of walking past a user's held requests (see MAX_UNSENT_PER_USER).
 MAX_QUEUED_PER_USER = 256
 # Pieces handed to zmq for one user and not yet written to the connection, beyond
-# which that user's requests wait.  SNDHWM is 0 (a piece reply is never dropped),
-# so without this a member who asks and never reads would have zmq hold every
-# piece asked for: 2,000 Gets grew a piece server's process from 58 MB to 1 GB.
+# which that user's requests wait.  SNDHWM counts replies, not bytes, and a piece
+# reply must never meet it (it would be dropped), so without this a member who asks
+# and never reads would have zmq hold a piece per Get: with no SNDHWM, 2,000 Gets grew
+# a piece server's process from 58 MB to 1 GB.
 MAX_UNSENT_PER_USER = 48
 # How soon requests held back by MAX_UNSENT_PER_USER are looked at again: 24 MiB
 # already on its way keeps a connection busy for longer than that.
@@ -67,6 +68,12 @@ UNSENT_RETRY_MS = 20
 # Tickets being asked about at once; past this a new one is told to come back soon
 # (each costs a tracker call, and a stranger can make up any number of them).
 MAX_ASKING = 256
+# Replies zmq may hold for one connection.  Pieces are bounded per user already (see
+# MAX_UNSENT_PER_USER) and a downloader reads what it asked for, so only a connection
+# that never reads gets here: with no bound, a stranger sending garbage and reading no
+# refusal had 300,000 one-byte frames grow a client by 50 MB, and more without end.
+# Past it a reply is dropped (zmq.Again: sends never block the loop).
+SNDHWM = 1000
 # Serving keeps recent pieces, and freed piece buffers in the allocator
 # (peers/malloc_tuning); this long after the last piece went out both are given
 # back, so an idle client stays small.
@@ -103,7 +110,7 @@ class PieceServer:
         self._sock = self._context.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, msg.MAX_REQUEST)
-        self._sock.setsockopt(zmq.SNDHWM, 0)  # credit-limited by downloaders; never drop
+        self._sock.setsockopt(zmq.SNDHWM, SNDHWM)
         # A send to a downloader that went away raises instead of vanishing: see _send.
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._sock.bind(f"tcp://{host}:{port}")
@@ -127,6 +134,7 @@ class PieceServer:
         # (oldest first; see MAX_UNSENT_PER_USER)
         self._unsent: dict[str, collections.deque[zmq.MessageTracker]] = {}
         self._ignoring: set[str] = set()  # users told of in the log as asking too much
+        self._unread: set[bytes] = set()  # downloaders told of in the log as reading nothing
         self._recent = RecentPieces(RECENT_PIECES)
         # downloader -> when it last opened a file or asked for a piece, latest last,
         # none older than ASKING_WITHIN
@@ -197,6 +205,7 @@ class PieceServer:
                     for user in list(self._unsent):
                         self._unsent_count(user)  # forgets the users with nothing unsent
                     self._ignoring.clear()
+                    self._unread.clear()
                     self._guarded("give back free memory", release_free_memory)
         finally:
             self._sock.close(0)
@@ -252,7 +261,7 @@ class PieceServer:
             request = msg.parse_request(body)
         except LocalError as exc:
             log.warning("bad peer request: %s", exc)
-            self._sock.send_multipart([ident, *msg.refused_frame("", exc.code, str(exc))])
+            self._send(ident, msg.refused_frame("", exc.code, str(exc)))
             return
         if isinstance(request, msg.Hello):
             self._hello(ident, request)
@@ -400,7 +409,7 @@ class PieceServer:
         """
         try:
             if unsent_for is None:
-                self._sock.send_multipart([ident, *frames])
+                self._sock.send_multipart([ident, *frames], zmq.NOBLOCK)
             else:
                 # The last frame as a Frame of its own: pyzmq would copy a short one
                 # (under copy_threshold, a short last piece or a small file's only one)
@@ -408,10 +417,12 @@ class PieceServer:
                 *head, last = frames
                 tracker = self._sock.send_multipart(
                     [ident, *head, zmq.Frame(last, copy=False, track=True)],
-                    copy=False, track=True)
+                    zmq.NOBLOCK, copy=False, track=True)
                 self._unsent.setdefault(unsent_for, collections.deque()).append(tracker)
-        except zmq.Again:  # not with SNDHWM=0; never let it stop the loop
-            log.warning("dropped a reply to a downloader whose queue is full")
+        except zmq.Again:  # SNDHWM replies wait for it: it reads nothing
+            if ident not in self._unread and len(self._unread) < MAX_DOWNLOADERS:
+                self._unread.add(ident)
+                log.warning("dropping replies to a downloader that reads none of them")
             return False
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:

@@ -13,7 +13,7 @@ import zmq
 from p2p import codec
 from p2p.messages import piece as msg
 from p2p.messages.sync import Event, encode_sync
-from tests.files_support import Probe
+from tests.files_support import Probe, addr, done, group_of, make_file, pieces
 from tests.procs import Cluster, wait_for
 from tests.test_replication_kit import Direct
 
@@ -140,3 +140,39 @@ def test_a_tracker_does_not_echo_an_envelope_that_is_not_routing_ids(
         frames = dealer.recv_multipart()
         assert frames[:-1] == envelope and codec.decode(frames[-1])["ok"] is True
     _still_serves_writes(one_tracker)
+
+
+# --- a piece server and a connection that never reads ---------------------------------------
+
+def test_a_peer_holds_few_replies_for_a_stranger_that_reads_none(
+        one_tracker: Cluster, zctx: zmq.Context[Any], tmp_path: Path) -> None:
+    """A stranger asks for files that are not shared here (each refusal quotes the name)
+    and reads no refusal.  The peer drops what it cannot hand over instead of queueing
+    every refusal, and goes on serving its members."""
+    cl = group_of(one_tracker, ["alice", "bob"])
+    alice, bob = cl["alice"], cl["bob"]
+    data = make_file(tmp_path / "a" / "f.bin", pieces(3))
+    alice.ok(f"upload_file {tmp_path / 'a' / 'f.bin'} g")
+    stranger: zmq.Socket[Any] = zctx.socket(zmq.DEALER)
+    stranger.setsockopt(zmq.SNDHWM, 0)  # so it can send everything without reading
+    stranger.setsockopt(zmq.RCVHWM, 1)
+    stranger.setsockopt(zmq.RCVBUF, 4096)
+    stranger.connect(f"tcp://{addr(alice)}")
+    count = 30_000
+    hello = codec.encode(msg.Hello("g", "n" * 255, "0" * 40, "eve", "t").to_wire())
+    for _ in range(count):
+        stranger.send(hello)
+    stranger.send(b"\xc1")  # logged: alice has handled every hello before it
+    wait_for(lambda: "bad peer request" in alice.log_path.read_text(), 45,
+             "alice to have handled every hello", interval=0.5)
+    (tmp_path / "dl").mkdir()
+    bob.ok(f"download_file g f.bin {tmp_path / 'dl'}")
+    done(bob, "g", "f.bin")
+    assert (tmp_path / "dl" / "f.bin").read_bytes() == data
+    received = 0
+    while stranger.poll(500):
+        stranger.recv_multipart()
+        received += 1
+    # Every refusal used to wait for it; now what fits zmq's queue and the socket buffers.
+    assert received < count // 2, received
+    assert alice.log_path.read_text().count("reads none of them") == 1
