@@ -46,6 +46,15 @@ _MAX_DEFERRED = 10_000
 # hundred and, never reading them, make the tracker hold every copy.
 _MAX_ENVELOPE_FRAMES = 16
 _MAX_ENVELOPE_FRAME = 255
+# zmq holds up to 1000 replies (SNDHWM) for a connection that does not read them, and
+# a reply can be megabytes (file_info of a big file): a user who asked file_info of a
+# file of 400,000 pieces 200 times and read nothing took a tracker from 100 MB to
+# 1.6 GB.  So a reply this large is counted until zmq has written it out, and sent
+# only while its connection has no other one waiting (a client has one request out at
+# a time) and those waiting stay under MAX_UNSENT_BYTES in all; the others are dropped
+# and their clients retry.  Smaller replies, the usual ones, cost nothing more.
+_COUNTED_REPLY = 4 * 1024
+MAX_UNSENT_BYTES = 64 * 1024 * 1024
 
 Envelope = list[bytes]
 _HASHED_OPS = ("create_user", "login")  # these need scrypt (~70 ms): done off the loop
@@ -129,6 +138,10 @@ class TrackerServer:
         self.frontend = self.context.socket(zmq.ROUTER)
         self.frontend.setsockopt(zmq.LINGER, 0)
         self.frontend.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        # connection -> (tracker, size) of its large reply zmq has not written out yet
+        self._unsent: dict[bytes, tuple[zmq.MessageTracker, int]] = {}
+        self._dropping = False  # told the log that large replies are being dropped
+        self.dropped_replies = 0
         try:
             self.frontend.bind(f"tcp://{self.me.host}:{self.me.port}")
             self.replication = Replication(self.context, trackers, self.me, self,
@@ -339,7 +352,30 @@ class TrackerServer:
         if self._batching:  # held until the writes of this batch are durable
             self._held.append((envelope, reply))
             return
-        self.frontend.send_multipart([*envelope, codec.encode(reply.to_wire())])
+        payload = codec.encode(reply.to_wire())
+        if len(payload) < _COUNTED_REPLY:
+            self.frontend.send_multipart([*envelope, payload])
+            return
+        self._send_counted(envelope, payload)
+
+    def _send_counted(self, envelope: Envelope, payload: bytes) -> None:
+        """Send a large reply unless its connection has one not written out yet, or
+        the large replies not written out would exceed MAX_UNSENT_BYTES."""
+        for who in [w for w, (tracker, _size) in self._unsent.items() if tracker.done]:
+            del self._unsent[who]
+        unsent = sum(size for _tracker, size in self._unsent.values())
+        who = envelope[0]
+        if who in self._unsent or unsent + len(payload) > MAX_UNSENT_BYTES:
+            self.dropped_replies += 1
+            if not self._dropping:
+                self._dropping = True
+                log.warning("dropping large replies: %d MB of them wait for clients that "
+                            "read nothing", unsent >> 20)
+            return
+        self._dropping = False
+        tracker = self.frontend.send_multipart(
+            [*envelope, zmq.Frame(payload, copy=False, track=True)], copy=False, track=True)
+        self._unsent[who] = (tracker, len(payload))
 
     # --- the log (also the Store that replication uses) ----------------------------------
 
@@ -442,4 +478,5 @@ class TrackerServer:
             "refolds": self.ledger.refolds,
             "replays": self.ledger.replays,
             "replication": dict(self.replication.stats),
+            "dropped_replies": self.dropped_replies,
         }
