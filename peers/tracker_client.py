@@ -22,7 +22,7 @@ import zmq
 from p2p import codec
 from p2p.config import TrackerAddress
 from p2p.errors import LocalError, ProtocolError, RemoteError
-from p2p.messages.tracker import Reply, Request
+from p2p.messages.tracker import MAX_REPLY, Reply, Request
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class TrackerClient:
             frame = sock.recv()
             self._awaiting_reply = False
             try:
-                reply = Reply.from_wire(codec.decode(frame))
+                reply = Reply.from_wire(codec.decode(frame, max_size=MAX_REPLY))
             except ProtocolError as exc:
                 log.warning("%s sent a malformed reply: %s", self.current, exc)
                 return None
@@ -153,6 +153,7 @@ class TrackerClient:
         if self._sock is None:
             sock = self._context.socket(zmq.REQ)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY)
             # ZMTP heartbeats notice a hung (SIGSTOPped) tracker on an idle connection.
             sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)

@@ -14,7 +14,7 @@ from p2p import codec
 from p2p.messages import piece as msg
 from p2p.messages.sync import Event, encode_sync
 from p2p.pieces import PIECE_SIZE
-from tests.files_support import Probe, addr, done, group_of, make_file, pieces
+from tests.files_support import Probe, Session, addr, done, group_of, make_file, pieces
 from tests.procs import Cluster, wait_for
 from tests.test_replication_kit import Direct
 
@@ -218,3 +218,23 @@ def test_a_tracker_holds_one_large_reply_for_a_client_that_reads_none(
     info = mallory.ok(1, "file_info", group="m", name="big")
     assert len(info["pieces"]) == 20 * count
     _still_serves_writes(one_tracker)
+
+
+def test_a_client_takes_the_file_info_of_a_file_with_5_mb_of_piece_hashes(
+        one_tracker: Cluster) -> None:
+    """A file of 250,000 pieces (122 GiB): the tracker takes its share (requests may be
+    16 MB) and answers file_info with 5 MB of hashes.  The client refused every reply
+    over 4 MB as malformed, so each download of such a file failed after 8 s with
+    no_tracker - and anyone in a group could share one."""
+    group_of(one_tracker, ["alice", "bob"])
+    alice, bob = Session(one_tracker, "alice"), Session(one_tracker, "bob")
+    try:
+        count = 250_000
+        alice.call("share", {"group": "g", "name": "big.iso", "size": count * PIECE_SIZE,
+                             "sha1": "ab" * 20, "pieces": b"\x01" * 20 * count})
+        info = bob.call("file_info", {"group": "g", "name": "big.iso"})  # as a download does
+        assert len(info["pieces"]) == 20 * count
+        assert [p["user"] for p in info["peers"]] == ["alice"]
+    finally:
+        alice.close()
+        bob.close()

@@ -10,6 +10,11 @@ from p2p.errors import LocalError, shown
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}\Z")
 MAX_PASSWORD = 1024
+# The largest tracker reply a client takes.  A tracker takes requests of up to 16 MiB
+# (trackers.server.MAX_MESSAGE), so a shared file's piece hashes can be that large,
+# and file_info answers with them plus the file's peers.  The codec's 4 MiB default
+# refused the file_info of any file over about 100 GiB as malformed.
+MAX_REPLY = 32 * 1024 * 1024
 
 
 # Tickets one check_tickets request may ask about: a serving peer sends what queued up
