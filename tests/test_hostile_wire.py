@@ -3,6 +3,7 @@ the process keeps running, its state stays whole, and what it holds for them sta
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import zmq
 
 from p2p import codec
 from p2p.messages import piece as msg
-from p2p.messages.sync import Event, encode_sync
+from p2p.messages.sync import Batch, CatchUp, Event, decode_sync, encode_sync
 from p2p.pieces import PIECE_SIZE
 from tests.files_support import Probe, Session, addr, done, group_of, make_file, pieces
 from tests.procs import Cluster, wait_for
@@ -238,3 +239,51 @@ def test_a_client_takes_the_file_info_of_a_file_with_5_mb_of_piece_hashes(
     finally:
         alice.close()
         bob.close()
+
+
+def test_requests_held_while_a_tracker_catches_up_stay_under_64_mib(
+        tmp_path: Path, zctx: zmq.Context[Any]) -> None:
+    """Tracker 1 holds client requests until it has caught up with tracker 2 - here a
+    stranger on tracker 2's peer port, answering every catch-up request with "more to
+    come".  Of 20 requests of 8 MB it holds what fits in 64 MiB, not all of them."""
+    c = Cluster(tmp_path, trackers=2)
+    fake: zmq.Socket[Any] = zctx.socket(zmq.ROUTER)
+    fake.bind(f"tcp://127.0.0.1:{c.ports[1] + 2}")
+    done_posing = threading.Event()
+
+    def pose() -> None:
+        while not done_posing.is_set():
+            if fake.poll(20):
+                frames = fake.recv_multipart()
+                if isinstance(decode_sync(frames[-1]), CatchUp):
+                    fake.send_multipart([frames[0], encode_sync(Batch(2, (), True))])
+
+    poser = threading.Thread(target=pose, daemon=True)
+    poser.start()
+    sock: zmq.Socket[Any] = zctx.socket(zmq.DEALER)
+    try:
+        c.tracker(1).start()  # it answers status while it catches up
+        sock.connect(f"tcp://127.0.0.1:{c.ports[0]}")
+        big = codec.encode({"op": "list_groups", "cid": "eve", "rid": 1,
+                            "args": {"pad": "x" * 8_000_000}})
+        asks = 20
+        for _ in range(asks):
+            sock.send_multipart([b"", big])
+        # Answered in order, at once: so the tracker has held or dropped every one.
+        sock.send_multipart([b"", codec.encode({"op": "status", "cid": "eve", "rid": 2})])
+        assert sock.poll(20_000), "no status"
+        held = codec.decode(sock.recv_multipart()[-1])["result"]["deferred"]
+        assert 0 < held <= 8, held
+        done_posing.set()
+        poser.join(5)
+        # Caught up now (nothing more to come): what was held is answered.
+        answered = 0
+        while sock.poll(5000 if answered == 0 else 1000):
+            assert codec.decode(sock.recv_multipart()[-1])["code"] == "not_logged_in"
+            answered += 1
+        assert answered == held, (answered, held)
+        _still_serves_writes(c)
+    finally:
+        done_posing.set()
+        poser.join(5)
+        c.close()

@@ -40,6 +40,9 @@ SESSION_TIMEOUT = 10.0  # a client not heard from for this long is logged out
 _TICK = 0.1
 _MIN_TICK = 0.002
 _MAX_DEFERRED = 10_000
+# ... and bytes of them: requests may be 16 MB each, and 100 of 8 MB that came while
+# a tracker was catching up took it from 29 MB to 312 MB.
+_MAX_DEFERRED_BYTES = 64 * 1024 * 1024
 # A reply goes back with the frames before the request (the envelope).  Real ones are
 # routing ids (at most 255 bytes in ZeroMQ) and empty delimiters, one or two per hop;
 # anything else is not answered, or a stranger could have us echo 16 MB frames by the
@@ -128,6 +131,7 @@ class TrackerServer:
         self._unflushed: list[Event] = []  # made here, applied, not yet durable
         self._held: list[tuple[Envelope, Reply]] = []  # replies waiting for that commit
         self._deferred: list[list[bytes]] = []  # requests that came before we caught up
+        self._deferred_bytes = 0
         # scrypt releases the GIL: hashing in threads keeps the loop (acks, heartbeats)
         # going, so a burst of logins does not make this tracker look dead to the others.
         self._hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scrypt")
@@ -210,6 +214,7 @@ class TrackerServer:
         try:
             if self._deferred and self.replication.ready(time.monotonic()):
                 deferred, self._deferred = self._deferred, []
+                self._deferred_bytes = 0
                 log.info("caught up; serving %d requests that came meanwhile", len(deferred))
                 for frames in deferred:
                     self._on_client_safely(frames)
@@ -255,8 +260,11 @@ class TrackerServer:
             self._send(envelope, Reply.failure(-1, exc.code, f"bad request: {exc}"))
             return
         if req.op != "status" and not self.replication.ready(time.monotonic()):
-            if len(self._deferred) < _MAX_DEFERRED:  # beyond: the client will retry
+            size = sum(map(len, frames))
+            if (len(self._deferred) < _MAX_DEFERRED  # beyond: dropped, the client retries
+                    and self._deferred_bytes + size <= _MAX_DEFERRED_BYTES):
                 self._deferred.append(frames)
+                self._deferred_bytes += size
             return
         if self._hash_first(req, envelope):
             return
@@ -479,4 +487,5 @@ class TrackerServer:
             "replays": self.ledger.replays,
             "replication": dict(self.replication.stats),
             "dropped_replies": self.dropped_replies,
+            "deferred": len(self._deferred),
         }
