@@ -13,11 +13,32 @@ from p2p import codec
 from p2p.config import load_tracker_info
 from p2p.messages import piece as msg
 from p2p.pieces import PIECE_SIZE
+from peers.download import Download
+from peers.shares import Key, Source
 from peers.tracker_client import TrackerClient
 from tests.procs import ClientProc, Cluster, free_port
 from trackers.commands import session_id, ticket_for
 
 PASSWORD = "pw-secret"
+
+
+class OfflineHost:
+    """The client side a Download needs, for tests that run one without a client: user
+    bob, whose pieces go nowhere; subclasses say what the tracker answers."""
+
+    user = "bob"
+
+    def tracker_call(self, op: str, args: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def share_partial(self, source: Source) -> None:
+        pass
+
+    def announce_piece(self, key: Key, index: int) -> None:
+        pass
+
+    def ended(self, download: Download) -> None:
+        pass
 
 
 def make_file(path: Path, size: int, seed: int = 1) -> bytes:

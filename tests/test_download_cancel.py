@@ -19,8 +19,8 @@ from p2p.messages import piece as msg
 from p2p.pieces import PIECE_SIZE, Bitfield, piece_sha1
 from peers import download as download_mod
 from peers.download import Download
-from peers.shares import Key, Source
 from peers.storage import PartialDownload
+from tests.files_support import OfflineHost
 from tests.procs import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -85,22 +85,11 @@ class Peer(threading.Thread):
         return [(ident, request.index)] if request.index in self.serves else []
 
 
-class Host:
+class Host(OfflineHost):
     """The client side a download needs; the tracker is unreachable (no new peers)."""
-
-    user = "bob"
 
     def tracker_call(self, op: str, args: dict[str, Any]) -> Any:
         raise LocalError("no tracker in this test", "no_tracker")
-
-    def share_partial(self, source: Source) -> None:
-        pass
-
-    def announce_piece(self, key: Key, index: int) -> None:
-        pass
-
-    def ended(self, download: Download) -> None:
-        pass
 
 
 @pytest.fixture

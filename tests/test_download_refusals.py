@@ -23,8 +23,7 @@ from p2p.messages import piece as msg
 from p2p.pieces import PIECE_SIZE, Bitfield, hash_file, piece_count, piece_sha1
 from peers import download as download_mod
 from peers.download import Download, not_member_retry
-from peers.shares import Key, Source
-from tests.files_support import Session, done, group_of, leftovers, make_file, pieces
+from tests.files_support import OfflineHost, Session, done, group_of, leftovers, make_file, pieces
 from tests.procs import Cluster, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -130,10 +129,8 @@ def test_retries_start_soon_and_back_off_to_a_cap() -> None:
 DATA = bytes(range(256)) * (2 * PIECE_SIZE // 256)
 
 
-class Host:
+class Host(OfflineHost):
     """The client side a download needs; the tracker lists ``peer`` every time."""
-
-    user = "bob"
 
     def __init__(self, peer: ScriptedPeer) -> None:
         self.peer = peer
@@ -143,15 +140,6 @@ class Host:
             raise LocalError("not in this test", "bad_request")
         return {"sha1": hashlib.sha1(DATA).hexdigest(),
                 "peers": [{"addr": self.peer.addr, "ticket": "t"}]}
-
-    def share_partial(self, source: Source) -> None:
-        pass
-
-    def announce_piece(self, key: Key, index: int) -> None:
-        pass
-
-    def ended(self, download: Download) -> None:
-        pass
 
 
 def download(tmp_path: Path, peer: ScriptedPeer) -> Download:

@@ -12,33 +12,21 @@ from typing import Any
 import pytest
 
 from p2p.errors import LocalError, ProtocolError, RemoteError
-from peers.download import Download
-from peers.shares import Key, Source
 from peers.storage import PartialDownload
 from peers.transfers import Downloads
+from tests.files_support import OfflineHost
 
 pytestmark = pytest.mark.timeout(30)
 
 
-class Host:
+class Host(OfflineHost):
     """A client whose tracker fails every file_info with ``error``."""
-
-    user = "bob"
 
     def __init__(self, error: ProtocolError) -> None:
         self.error = error
 
     def tracker_call(self, op: str, args: dict[str, Any]) -> Any:
         raise self.error
-
-    def share_partial(self, source: Source) -> None:
-        pass
-
-    def announce_piece(self, key: Key, index: int) -> None:
-        pass
-
-    def ended(self, download: Download) -> None:
-        pass
 
 
 class Saved:
