@@ -261,6 +261,23 @@ class Cluster:
     def tracker(self, number: int) -> TrackerProc:
         return self.trackers[number - 1]
 
+    def sessions(self, tracker: int = 1) -> int:
+        """How many sessions a tracker holds, by its status."""
+        status = self.tracker(tracker).status()
+        assert status is not None
+        return int(status["sessions"])
+
+    def end_session_by_freezing(self, client: ClientProc) -> None:
+        """Freeze ``client`` until tracker 1 has timed its session out (start the trackers
+        with a short ``--session-timeout``), then wake it and wait for its ping to hear so."""
+        client.proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: self.sessions() == 0, 15, "the tracker to time the session out")
+        finally:
+            client.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: any(e["event"] == "session_ended" for e in client.events), 10,
+                 "the ping thread to report the ended session")
+
     def client(self, name: str | None = None, extra_args: list[str] | None = None
                ) -> ClientProc:
         """A client whose data dir is ``root/name``: the same name again reuses it."""

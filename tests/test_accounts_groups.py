@@ -288,38 +288,33 @@ def test_json_from_a_pipe_one_line_per_command_in_order(one_tracker: Cluster,
 
 # --- sessions end with the client -------------------------------------------------------
 
-def sessions(c: Cluster) -> int:
-    status = c.tracker(1).status()
-    assert status is not None
-    return int(status["sessions"])
-
 
 def test_exit_and_end_of_input_log_out(one_tracker: Cluster) -> None:
     c = one_tracker
     alice, bob = logged_in(c, "alice"), logged_in(c, "bob")
-    assert sessions(c) == 2
+    assert c.sessions() == 2
 
     # A failed exit is a failed command: it changes nothing, the client carries on.
     alice.fails("exit now", "usage")
     assert alice.ok("list_groups") == []
-    assert alice.proc.poll() is None and sessions(c) == 2
+    assert alice.proc.poll() is None and c.sessions() == 2
 
     assert alice.ok("exit") is None
     assert alice.proc.wait(15) == 0
-    assert sessions(c) == 1  # the logout was acknowledged before exit answered
+    assert c.sessions() == 1  # the logout was acknowledged before exit answered
 
     assert bob.close() == 0  # end of input
-    assert sessions(c) == 0
+    assert c.sessions() == 0
 
     # Both can log in again from fresh clients, and only those sessions exist.
     again = c.client("alice-again")
     again.ok("login alice pw")
     other = c.client("bob-again")
     other.ok("login bob pw")
-    assert sessions(c) == 2
+    assert c.sessions() == 2
     assert again.ok("list_groups") == []
     again.ok("logout")
-    assert sessions(c) == 1
+    assert c.sessions() == 1
     again.fails("list_groups", "not_logged_in")
 
 

@@ -263,12 +263,6 @@ def terminal(one_tracker: Cluster, tmp_path: Path) -> Iterator[Terminal]:
         term.close()
 
 
-def sessions(c: Cluster) -> int:
-    status = c.tracker(1).status()
-    assert status is not None
-    return int(status["sessions"])
-
-
 def test_prompt_table_errors_and_ctrl_d(one_tracker: Cluster, terminal: Terminal) -> None:
     c = one_tracker
     assert terminal.expect(PROMPT).strip() == ""  # nothing before the first prompt
@@ -318,11 +312,11 @@ def test_prompt_table_errors_and_ctrl_d(one_tracker: Cluster, terminal: Terminal
     assert terminal.command("help login")[0] == "usage: login <user_id> <password>"
 
     # Ctrl-D at the prompt: log out and exit 0.
-    assert sessions(c) == 2
+    assert c.sessions() == 2
     terminal.type("\x04")
     assert terminal.wait() == 0
     assert "Traceback" not in terminal.text
-    assert sessions(c) == 1
+    assert c.sessions() == 1
 
 
 def test_ctrl_c_at_the_prompt_and_exit(one_tracker: Cluster, terminal: Terminal) -> None:
@@ -338,12 +332,12 @@ def test_ctrl_c_at_the_prompt_and_exit(one_tracker: Cluster, terminal: Terminal)
     terminal.interrupt()
     terminal.expect(PROMPT)
     assert terminal.command("list_groups") == ["no groups yet"]
-    assert sessions(one_tracker) == 1
+    assert one_tracker.sessions() == 1
     terminal.type("exit\n")
     terminal.expect("bye")
     assert terminal.wait() == 0
     assert "Traceback" not in terminal.text
-    assert sessions(one_tracker) == 0
+    assert one_tracker.sessions() == 0
 
 
 def test_a_notice_leaves_the_line_being_typed_as_it_is(tmp_path: Path) -> None:
