@@ -8,6 +8,7 @@ tracker has acked holding it (``trackers.quorum``); the client's envelope waits 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -29,6 +30,7 @@ from trackers import state as st
 from trackers.clock import HybridClock
 from trackers.ledger import Ledger
 from trackers.log import EventLog
+from trackers.login_limits import Guesses, HashSlots
 from trackers.passwords import SALT_BYTES, hash_password
 from trackers.quorum import View, Waits, combine
 from trackers.replication import Replication
@@ -61,6 +63,7 @@ MAX_UNSENT_BYTES = 64 * 1024 * 1024
 
 Envelope = list[bytes]
 _HASHED_OPS = ("create_user", "login")  # these need scrypt (~70 ms): done off the loop
+_UNKNOWN_SOURCE = "?"  # a connection without an IP address (ipc, inproc)
 
 
 class _NeedsHash(Exception):
@@ -80,7 +83,8 @@ class _Hashing:
     """A create_user or login whose password hash is being computed in a worker thread."""
 
     req: Request
-    envelope: Envelope
+    envelope: Envelope  # the latest attempt's: a retry that comes meanwhile replaces it
+    source: str  # the address that holds the slot in HashSlots
     salt: bytes  # for a new record
     password: str
     hash_salt: bytes  # what the hash is computed with (the record's salt for a login)
@@ -95,6 +99,15 @@ class _Hashing:
             return hash_password(password, salt)  # the record changed meanwhile: rare
 
         return commands.Context(salt=self.salt, password_hash=password_hash)
+
+
+def _source(frame: zmq.Frame) -> str:
+    """The IP address a client message came from (what hashing slots and guesses are
+    counted by)."""
+    try:
+        return str(frame.get("Peer-Address"))
+    except zmq.ZMQError:  # not over TCP
+        return _UNKNOWN_SOURCE
 
 
 class TrackerServer:
@@ -130,12 +143,15 @@ class TrackerServer:
         self._batching = False
         self._unflushed: list[Event] = []  # made here, applied, not yet durable
         self._held: list[tuple[Envelope, Reply]] = []  # replies waiting for that commit
-        self._deferred: list[list[bytes]] = []  # requests that came before we caught up
+        # requests that came before we caught up, with their source address
+        self._deferred: list[tuple[list[bytes], str]] = []
         self._deferred_bytes = 0
         # scrypt releases the GIL: hashing in threads keeps the loop (acks, heartbeats)
         # going, so a burst of logins does not make this tracker look dead to the others.
         self._hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scrypt")
         self._hashing: list[_Hashing] = []
+        self._slots = HashSlots()
+        self._guesses = Guesses()
         self.view = View(number, [t.number for t in trackers], now)
         self.waits = Waits(self.view)
         self.context = context or zmq.Context.instance()
@@ -216,34 +232,45 @@ class TrackerServer:
                 deferred, self._deferred = self._deferred, []
                 self._deferred_bytes = 0
                 log.info("caught up; serving %d requests that came meanwhile", len(deferred))
-                for frames in deferred:
-                    self._on_client_safely(frames)
+                for frames, source in deferred:
+                    self._on_client_safely(frames, source)
             for job in [h for h in self._hashing if h.future.done()]:
                 self._hashing.remove(job)
-                try:
-                    reply = self.handle(job.req, job.envelope, job.context())
-                except Exception:
-                    log.exception("dropped a request that broke its handler")
-                    continue
-                if reply is not None:
-                    self._send(job.envelope, reply)
+                self._slots.release(job.source)
+                self._hashed(job)
             for _ in range(1000):  # bounded, so a busy socket cannot starve the timers
                 try:
-                    frames = self.frontend.recv_multipart(zmq.NOBLOCK)
+                    parts = self.frontend.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                self._on_client_safely(frames)
+                self._on_client_safely([part.bytes for part in parts], _source(parts[-1]))
         finally:
             self._batching = False
             self._flush()
 
-    def _on_client_safely(self, frames: list[bytes]) -> None:
+    def _hashed(self, job: _Hashing) -> None:
+        """Answer a request whose hash is done, and count how its login went."""
         try:
-            self._on_client(frames)
+            reply = self.handle(job.req, job.envelope, job.context())
+        except Exception:
+            log.exception("dropped a request that broke its handler")
+            return
+        if job.req.op == "login":
+            user = job.req.args["user"]  # a str: the plan checked it before hashing
+            if reply is None or reply.ok:
+                self._guesses.succeeded(user, job.source)
+            elif reply.code == "bad_credentials":
+                self._guesses.failed(user, job.source, time.monotonic())
+        if reply is not None:
+            self._send(job.envelope, reply)
+
+    def _on_client_safely(self, frames: list[bytes], source: str) -> None:
+        try:
+            self._on_client(frames, source)
         except Exception:  # one bad message must never stop the tracker
             log.exception("dropped a message that broke its handler")
 
-    def _on_client(self, frames: list[bytes]) -> None:
+    def _on_client(self, frames: list[bytes], source: str) -> None:
         if len(frames) < 2:
             log.warning("dropped a client message without envelope")
             return
@@ -263,32 +290,62 @@ class TrackerServer:
             size = sum(map(len, frames))
             if (len(self._deferred) < _MAX_DEFERRED  # beyond: dropped, the client retries
                     and self._deferred_bytes + size <= _MAX_DEFERRED_BYTES):
-                self._deferred.append(frames)
+                self._deferred.append((frames, source))
                 self._deferred_bytes += size
             return
-        if self._hash_first(req, envelope):
+        if self._hash_first(req, envelope, source):
             return
         reply = self.handle(req, envelope)
         if reply is not None:
             self._send(envelope, reply)
 
-    def _hash_first(self, req: Request, envelope: Envelope) -> bool:
+    def _hash_first(self, req: Request, envelope: Envelope, source: str) -> bool:
         """A create_user or login that gets as far as hashing its password has the hash
-        computed in a worker thread, and is handled again once it is done.  False when
-        the request was answered without hashing (refused, a retry, not such an op)."""
+        computed in a worker thread, and is handled again once it is done; unless its
+        source has too many hashes waiting, or the tracker has (``busy``), or it is a
+        login that source guessed wrong too often lately (``too_many_attempts``).
+        False when the request is not such an op."""
         if req.op not in _HASHED_OPS:
             return False
         salt = os.urandom(SALT_BYTES)
         try:
             reply = self.handle(req, envelope, commands.Context(salt, _needs_hash))
         except _NeedsHash as need:
-            future = self._hasher.submit(hash_password, need.password, need.salt)
-            self._hashing.append(_Hashing(req, envelope, salt, need.password, need.salt,
-                                          future))
-            return True
+            reply = self._start_hashing(req, envelope, source, salt, need)
         if reply is not None:
             self._send(envelope, reply)
         return True
+
+    def _start_hashing(self, req: Request, envelope: Envelope, source: str, salt: bytes,
+                       need: _NeedsHash) -> Reply | None:
+        """Queue the hash, or the refusal to send instead."""
+        for job in self._hashing:
+            if (job.req.cid, job.req.rid) == (req.cid, req.rid):
+                # The client gave up waiting (0.4 s) and asked again: one hash will do,
+                # and the answer goes to the socket it now listens on.
+                job.envelope = envelope
+                return None
+        if req.op == "login":
+            user, now = req.args["user"], time.monotonic()
+            wait = self._guesses.wait(user, source, now)
+            if wait > 0:
+                return Reply.failure(req.rid, "too_many_attempts",
+                                     "too many wrong passwords: try again in "
+                                     f"{math.ceil(wait)} s")
+            # Logins still hashing may all be wrong: sent at once, they must not get
+            # more guesses through than one at a time would.
+            pending = sum(1 for job in self._hashing if job.req.op == "login"
+                          and (job.req.args["user"], job.source) == (user, source))
+            if pending >= self._guesses.left(user, source, now):
+                return Reply.failure(req.rid, "busy",
+                                     "the tracker is busy: try again in a moment")
+        if not self._slots.admit(source):
+            return Reply.failure(req.rid, "busy",
+                                 "the tracker is busy: try again in a moment")
+        future = self._hasher.submit(hash_password, need.password, need.salt)
+        self._hashing.append(_Hashing(req, envelope, source, salt, need.password,
+                                      need.salt, future))
+        return None
 
     def handle(self, req: Request, envelope: Envelope | None = None,
                ctx: commands.Context | None = None) -> Reply | None:
@@ -488,4 +545,5 @@ class TrackerServer:
             "replication": dict(self.replication.stats),
             "dropped_replies": self.dropped_replies,
             "deferred": len(self._deferred),
+            "hashing": len(self._hashing),  # password hashes waiting or running
         }
