@@ -249,11 +249,14 @@ def test_screen_model() -> None:
     assert Screen(4).feed("ab\ncd\x1b[1A\r\x1b[J").lines() == [""]
 
 
-@pytest.fixture
-def terminal(one_tracker: Cluster, tmp_path: Path) -> Iterator[Terminal]:
-    term = Terminal([sys.executable, "-m", "peers", f"127.0.0.1:{free_port()}",
-                     str(one_tracker.info), "--data-dir", str(tmp_path / "tty-client")],
-                    cwd=tmp_path)
+@contextlib.contextmanager
+def client_terminal(info: Path, tmp_path: Path, port: int | None = None,
+                    stderr: Path | None = None) -> Iterator[Terminal]:
+    """A client REPL on a pseudo-terminal, closed at the end; on a failure, the end of
+    what it printed goes to stderr."""
+    term = Terminal([sys.executable, "-m", "peers", f"127.0.0.1:{port or free_port()}",
+                     str(info), "--data-dir", str(tmp_path / "tty-client")],
+                    cwd=tmp_path, stderr=stderr)
     try:
         yield term
     except BaseException:
@@ -261,6 +264,12 @@ def terminal(one_tracker: Cluster, tmp_path: Path) -> Iterator[Terminal]:
         raise
     finally:
         term.close()
+
+
+@pytest.fixture
+def terminal(one_tracker: Cluster, tmp_path: Path) -> Iterator[Terminal]:
+    with client_terminal(one_tracker.info, tmp_path) as term:
+        yield term
 
 
 def test_prompt_table_errors_and_ctrl_d(one_tracker: Cluster, terminal: Terminal) -> None:
@@ -344,77 +353,61 @@ def test_a_notice_leaves_the_line_being_typed_as_it_is(tmp_path: Path) -> None:
     """A notice that comes while the user types is printed above the line, and the line
     is drawn again as readline has it: with the cursor where it was (so typing goes in
     there, on the screen as in the line), and with no stale row of a long line left."""
-    with cluster(tmp_path, trackers=3) as c:
-        term = Terminal([sys.executable, "-m", "peers", f"127.0.0.1:{free_port()}",
-                         str(c.info), "--data-dir", str(tmp_path / "tty-client")], cwd=tmp_path)
-        try:
-            term.expect(PROMPT)
-            assert term.command("create_user ann pw") == ["user ann created"]
-            assert term.command("login ann pw") == ["logged in as ann"]
+    with cluster(tmp_path, trackers=3) as c, client_terminal(c.info, tmp_path) as term:
+        term.expect(PROMPT)
+        assert term.command("create_user ann pw") == ["user ann created"]
+        assert term.command("login ann pw") == ["logged in as ann"]
 
-            # The cursor moved back six characters; a failover notice comes.
-            term.type("list_groups" + "\x02" * 6)  # Ctrl-B: one character left
-            term.expect("list_groups")
-            c.tracker(1).kill()
-            term.expect("[failover]")
-            term.expect("p2p> list_groups")
-            term.type("ZZ")
-            screen = term.settled_screen(lambda rows: rows[-1] == "p2p> list_ZZgroups")
-            assert screen[-2].startswith("[failover] tracker 1 "), screen
-            term.type("\n")  # what runs is what the screen shows
-            assert "error: unknown command 'list_ZZgroups'" in term.expect(PROMPT)
+        # The cursor moved back six characters; a failover notice comes.
+        term.type("list_groups" + "\x02" * 6)  # Ctrl-B: one character left
+        term.expect("list_groups")
+        c.tracker(1).kill()
+        term.expect("[failover]")
+        term.expect("p2p> list_groups")
+        term.type("ZZ")
+        screen = term.settled_screen(lambda rows: rows[-1] == "p2p> list_ZZgroups")
+        assert screen[-2].startswith("[failover] tracker 1 "), screen
+        term.type("\n")  # what runs is what the screen shows
+        assert "error: unknown command 'list_ZZgroups'" in term.expect(PROMPT)
 
-            # A line over two rows, the cursor back on its first row; another notice.
-            long_line = "list_groups " + "x" * 180
-            term.type(long_line + "\x01" + "\x06" * 2)  # Ctrl-A: to the start; Ctrl-F
-            term.expect("x" * 50)
-            c.tracker(2).kill()
-            term.expect("[failover]")
-            term.expect("p2p> list_groups")
-            term.type("QQ")
-            shown = "p2p> liQQst_groups " + "x" * 180
-            screen = term.settled_screen(lambda rows: rows[-2:] == [shown[:132], shown[132:]])
-            assert screen[-3].startswith("[failover] tracker 2 "), screen
-            assert screen[-4].startswith("error: unknown command"), screen
-            term.type("\x05\x15")  # Ctrl-E, Ctrl-U: the line is dropped
-            term.type("exit\n")
-            term.expect("bye")
-            assert term.wait() == 0
-        except BaseException:
-            sys.stderr.write(f"--- terminal\n{term.text[-4000:]}\n")
-            raise
-        finally:
-            term.close()
+        # A line over two rows, the cursor back on its first row; another notice.
+        long_line = "list_groups " + "x" * 180
+        term.type(long_line + "\x01" + "\x06" * 2)  # Ctrl-A: to the start; Ctrl-F
+        term.expect("x" * 50)
+        c.tracker(2).kill()
+        term.expect("[failover]")
+        term.expect("p2p> list_groups")
+        term.type("QQ")
+        shown = "p2p> liQQst_groups " + "x" * 180
+        screen = term.settled_screen(lambda rows: rows[-2:] == [shown[:132], shown[132:]])
+        assert screen[-3].startswith("[failover] tracker 2 "), screen
+        assert screen[-4].startswith("error: unknown command"), screen
+        term.type("\x05\x15")  # Ctrl-E, Ctrl-U: the line is dropped
+        term.type("exit\n")
+        term.expect("bye")
+        assert term.wait() == 0
 
 
 def test_with_stderr_elsewhere_a_notice_leaves_the_terminal_alone(tmp_path: Path) -> None:
     """With stderr sent to a file, a notice goes there as a plain line: nothing is drawn
     again on the terminal, where the line being typed stays as it was."""
-    with cluster(tmp_path, trackers=2) as c:
-        log = tmp_path / "client.err"
-        term = Terminal([sys.executable, "-m", "peers", f"127.0.0.1:{free_port()}",
-                         str(c.info), "--data-dir", str(tmp_path / "tty-client")],
-                        cwd=tmp_path, stderr=log)
-        try:
-            term.expect(PROMPT)
-            assert term.command("create_user ann pw") == ["user ann created"]
-            assert term.command("login ann pw") == ["logged in as ann"]
-            term.type("list_gr")
-            term.expect("list_gr")
-            c.tracker(1).kill()
-            wait_for(lambda: "[failover]" in log.read_text(), 10, "the failover notice")
-            term.type("oups")
-            screen = term.settled_screen(lambda rows: "oups" in rows[-1])
-            assert screen[-1] == "p2p> list_groups", screen
-            assert [line.split(" tracker")[0] for line in log.read_text().splitlines()] == [
-                "[failover]"]
-            term.type("\n")
-            assert "no groups yet" in term.expect(PROMPT)
-        except BaseException:
-            sys.stderr.write(f"--- terminal\n{term.text[-4000:]}\n")
-            raise
-        finally:
-            term.close()
+    log = tmp_path / "client.err"
+    with cluster(tmp_path, trackers=2) as c, client_terminal(c.info, tmp_path,
+                                                             stderr=log) as term:
+        term.expect(PROMPT)
+        assert term.command("create_user ann pw") == ["user ann created"]
+        assert term.command("login ann pw") == ["logged in as ann"]
+        term.type("list_gr")
+        term.expect("list_gr")
+        c.tracker(1).kill()
+        wait_for(lambda: "[failover]" in log.read_text(), 10, "the failover notice")
+        term.type("oups")
+        screen = term.settled_screen(lambda rows: "oups" in rows[-1])
+        assert screen[-1] == "p2p> list_groups", screen
+        assert [line.split(" tracker")[0] for line in log.read_text().splitlines()] == [
+            "[failover]"]
+        term.type("\n")
+        assert "no groups yet" in term.expect(PROMPT)
 
 
 def test_a_log_line_from_a_background_thread_leaves_the_line_being_typed_as_it_is(
@@ -422,12 +415,9 @@ def test_a_log_line_from_a_background_thread_leaves_the_line_being_typed_as_it_i
     """A warning logged while the user types (here: a stranger's garbled request to the
     peer server) is printed above the line being typed, which is drawn again."""
     port = free_port()
-    term = Terminal([sys.executable, "-m", "peers", f"127.0.0.1:{port}",
-                     str(one_tracker.info), "--data-dir", str(tmp_path / "tty-client")],
-                    cwd=tmp_path)
     stranger: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     stranger.setsockopt(zmq.LINGER, 0)
-    try:
+    with client_terminal(one_tracker.info, tmp_path, port=port) as term, stranger:
         term.expect(PROMPT)
         term.type("list_gr")
         term.expect("list_gr")
@@ -444,9 +434,3 @@ def test_a_log_line_from_a_background_thread_leaves_the_line_being_typed_as_it_i
         term.type("exit\n")
         term.expect("bye")
         assert term.wait() == 0
-    except BaseException:
-        sys.stderr.write(f"--- terminal\n{term.text[-4000:]}\n")
-        raise
-    finally:
-        stranger.close(0)
-        term.close()
