@@ -332,6 +332,9 @@ class Repl:
             self._answer_error(name, exc)
             return True  # a failed command (even "exit now") changes nothing
         except KeyboardInterrupt:
+            if not self.json_mode and _isatty(self.out):
+                # The terminal echoed ^C where the cursor was: answer on a row of its own.
+                self._emit("")
             self._answer_error(name, LocalError("interrupted", "interrupted"))
             return True
         except Exception as exc:  # nothing a user types may crash the client

@@ -434,3 +434,22 @@ def test_a_log_line_from_a_background_thread_leaves_the_line_being_typed_as_it_i
         term.type("exit\n")
         term.expect("bye")
         assert term.wait() == 0
+
+
+def test_ctrl_c_during_a_command_answers_on_a_row_of_its_own(
+        one_tracker: Cluster, terminal: Terminal) -> None:
+    terminal.expect(PROMPT)
+    assert terminal.command("create_user cb pw") == ["user cb created"]
+    one_tracker.tracker(1).signal(signal.SIGSTOP)  # the next command waits for it
+    try:
+        terminal.type("login cb pw\n")
+        terminal.expect("login cb pw")
+        terminal.interrupt()
+        screen = terminal.settled_screen(lambda rows: rows[-1] == PROMPT.rstrip())
+    finally:
+        one_tracker.tracker(1).signal(signal.SIGCONT)
+    # The terminal echoes ^C where the cursor is; the answer starts a row of its own.
+    assert screen[-2] == "error: interrupted", screen
+    terminal.type("exit\n")
+    terminal.expect("bye")
+    assert terminal.wait() == 0
