@@ -111,7 +111,10 @@ def _human(name: str, args: list[str], result: Any) -> str:
         if result["reshared"]:
             lines.append(f"sharing again: {', '.join(result['reshared'])}")
         if result["dropped"]:
-            lines.append(f"no longer shared (missing or changed): {', '.join(result['dropped'])}")
+            # Why differs (the file changed, the user left the group...): the
+            # share_dropped notice printed for each says it.
+            lines.append(f"not shared again: {', '.join(result['dropped'])} "
+                         "(the notices above say why)")
         if result["resumed"]:
             lines.append(f"resuming downloads: {', '.join(result['resumed'])}")
         return "\n".join(lines)
