@@ -45,6 +45,9 @@ RETRY_PEER_AFTER = 5.0
 # tracker lists the peer to us, which it does for members only.
 NOT_MEMBER_RETRY_FIRST = 1.0
 NOT_MEMBER_RETRY_MAX = 10 * RETRY_PEER_AFTER
+# A peer that refused us this recently is named in the waiting message: longer than
+# any wait before we ask it again, so a peer that keeps refusing stays named.
+REFUSALS_SHOWN_FOR = 10 * RETRY_PEER_AFTER + 10.0
 REFRESH_EVERY = 2.0  # ask the tracker for new peers this often
 ANNOUNCE_EVERY = 1.0  # tell the tracker our progress at most this often
 MIN_CREDIT, MAX_CREDIT = 2, 24
@@ -121,6 +124,7 @@ class Download:
         self._settled = False  # the first hellos have been answered or timed out
         self._retry_at: dict[str, float] = {}
         self._refusals: dict[str, int] = {}  # peer -> not_member refusals since it let us in
+        self._refused: dict[str, tuple[float, str]] = {}  # peer -> when it last refused, why
         self._banned: set[str] = set()
         self._trust = Trust()
         self._checking: dict[int, str] = {}  # piece being checked -> the peer that sent it
@@ -398,6 +402,11 @@ class Download:
         if missing and not self._checking and not any(link.in_flight for link in links):
             self.waiting = (f"waiting for peers: no connected peer has the "
                             f"{len(missing)} missing piece(s)")
+            now = time.monotonic()
+            refusals = sorted((when, why) for when, why in self._refused.values()
+                              if now - when < REFUSALS_SHOWN_FOR)
+            if refusals:  # say why a peer the tracker lists is of no use
+                self.waiting += f"; refused by {len(refusals)} peer(s): {refusals[-1][1]}"
         else:
             self.waiting = ""
 
@@ -432,6 +441,7 @@ class Download:
                 picker.add_peer(link.addr, bits)
                 link.ready = True
                 self._refusals.pop(link.addr, None)
+                self._refused.pop(link.addr, None)
             for index in reply.indices:
                 if index < self.count:
                     picker.peer_has(link.addr, index)
@@ -440,6 +450,7 @@ class Download:
             if reply.index is None or reply.code == "not_shared":
                 # Refused outright, or the peer stopped sharing the file: asking it again
                 # at once would only spin; try it later if the tracker still lists it.
+                self._refused[link.addr] = (time.monotonic(), reply.error[:100])
                 self._drop(link, picker, f"refused: {reply.error}", self._retry_after(link, reply))
                 return False
             if link.in_flight.pop(reply.index, None) is None:

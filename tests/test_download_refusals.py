@@ -160,6 +160,10 @@ def test_a_peer_that_keeps_refusing_is_asked_less_and_less_often(
     d = download(tmp_path, peer)
     try:
         wait_for(lambda: len(peer.hellos) >= 5, 20, "five hellos")
+        # show_downloads says why the one peer listed is of no use
+        assert d.snapshot()["waiting"] == (
+            "waiting for peers: no connected peer has the 2 missing piece(s); refused by "
+            "1 peer(s): bob may not download from group g"), d.snapshot()
     finally:
         d.stop()
     gaps = peer.gaps()
