@@ -331,7 +331,8 @@ class PieceServer:
             openings = [(ident, key) for ident, opened in self._opened.items()
                         for key, c in opened.items() if c == credentials]
             if hellos:
-                log.warning("refused %s: not a member of %s", user, group)
+                log.warning("refused %s: a tracker does not vouch for its ticket for %s "
+                            "(not a member, or not logged in)", user, group)
             for (ident, _key), hello in hellos.items():
                 self._refuse(ident, hello.name, "not_member",
                              f"{user} may not download from group {group}")
@@ -341,7 +342,8 @@ class PieceServer:
     def _withdraw(self, ident: bytes, key: Key, credentials: Credentials) -> None:
         """Close ``ident``'s opening of ``key``: its ticket was refused."""
         user, group, _ticket = credentials
-        log.warning("refused %s: no longer a member of %s", user, group)
+        log.warning("refused %s: a tracker no longer vouches for its ticket for %s "
+                    "(left the group, or logged out)", user, group)
         # So its next Gets are refused without asking.  (An earlier withdrawal may have
         # found the downloader gone and forgotten it whole.)
         self._opened.get(ident, {}).pop(key, None)
