@@ -302,6 +302,11 @@ class Client:
         self.require_login()
         return self.downloads.wait(group, name)
 
+    def cancel_download(self, group: str, name: str) -> list[dict[str, Any]]:
+        """Stop this client's download of ``name`` from ``group`` for good."""
+        self.require_login()
+        return self.downloads.cancel(group, name)
+
     # --- what downloads ask of the client (peers.download.Host) -------------------------
 
     def tracker_call(self, op: str, args: dict[str, Any]) -> Any:

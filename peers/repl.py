@@ -83,6 +83,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
             lambda c, a: c.download_file(a[0], a[1], a[2])),
     Command("show_downloads", (), "progress of this client's downloads",
             lambda c, a: c.show_downloads()),
+    Command("cancel_download", ("group_id", "file_name"),
+            "stop a running download for good and delete its partial file",
+            lambda c, a: c.cancel_download(a[0], a[1])),
     Command("stop_share", ("group_id", "file_name"), "stop sharing a file",
             lambda c, a: c.stop_share(a[0], a[1])),
     Command("list_shares", (), "what this client shares and how many pieces it has sent",
@@ -128,7 +131,7 @@ def _human(name: str, args: list[str], result: Any) -> str:
                 f"{result['pieces']} pieces, sha1 {result['sha1']}")
     if name == "download_file":
         return f"downloading {args[1]} to {result['path']} (show_downloads for progress)"
-    if name in ("show_downloads", "wait"):
+    if name in ("show_downloads", "wait", "cancel_download"):
         if result:
             return "\n".join(_download_line(d) for d in result)
         return "no downloads" if name == "show_downloads" else "no downloads running"

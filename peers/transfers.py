@@ -159,6 +159,19 @@ class Downloads:
                 pass
         return [d.snapshot() for d in targets]
 
+    def cancel(self, group: str, name: str) -> list[dict[str, Any]]:
+        """End the running downloads of ``name`` from ``group`` for good (their partial
+        files are deleted, they never resume); what show_downloads then says of them."""
+        targets = [d for d in self.find(group, name) if d.running]
+        if not targets:
+            raise LocalError(f"no download of {name} from {group} is running", "no_such_file")
+        for download in targets:
+            download.cancel("cancelled")
+        for download in targets:
+            while not download.wait(0.2):  # in steps: Ctrl-C must get through
+                pass
+        return [d.snapshot() for d in targets]
+
     def finished(self, download: Download) -> None:
         """A download completed (or failed for good): it need not be resumed."""
         self._drop_entry(download.final_path)

@@ -302,6 +302,26 @@ def test_leaving_the_group_ends_a_download_from_it(one_tracker: Cluster,
     assert json.loads((bob.data_dir / "downloads.json").read_text())["downloads"] == []
 
 
+def test_cancel_download_ends_it_for_good(one_tracker: Cluster, tmp_path: Path) -> None:
+    """A user who no longer wants a file stops its download: the partial file goes, the
+    others' view of bob as a source goes, and no later login resumes it."""
+    cl, data, dest = slow_share(one_tracker, tmp_path, ["alice", "bob"])
+    alice, bob = cl["alice"], cl["bob"]
+    started(bob, dest)
+    [cancelled] = bob.ok("cancel_download g f.bin", timeout=15)
+    assert (cancelled["state"], cancelled["error"]) == ("failed", "cancelled"), cancelled
+    assert entry(bob, "g", "f.bin")["state"] == "failed"
+    assert list(dest.iterdir()) == []  # no partial file, hidden or not
+    assert [f["seeders"] for f in alice.ok("list_files g")] == [1]
+    assert "is running" in bob.fails("cancel_download g f.bin", "no_such_file")  # none runs
+    bob.ok("logout")
+    assert login(bob, "bob", create=False)["resumed"] == []
+    assert json.loads((bob.data_dir / "downloads.json").read_text())["downloads"] == []
+    bob.ok(f"download_file g f.bin {dest}")  # and it may be fetched again from scratch
+    done(bob, "g", "f.bin", timeout=60)
+    assert (dest / "f.bin").read_bytes() == data
+
+
 @pytest.mark.parametrize("gone", ["membership", "group"])
 def test_a_saved_download_from_a_group_left_elsewhere_is_dropped_at_login(
         one_tracker: Cluster, tmp_path: Path, gone: str) -> None:
