@@ -171,3 +171,34 @@ def test_the_sixth_wrong_password_from_an_address_is_refused_without_hashing(
     finally:
         own.close(0)
     assert eve.close() == 0
+
+
+def test_a_retried_wrong_password_counts_as_one_guess(one_tracker: Cluster) -> None:
+    """A client that heard nothing in 0.4 s (a loaded tracker; another one down) sends
+    the same request again on a new socket, after the first one's hash may be done
+    and its refusal sent to the socket it closed.  That is still one wrong password."""
+    c = one_tracker
+    setup = client(c)
+    try:
+        setup.call("create_user", {"user": "alice", "password": "right"})
+    finally:
+        setup.close()
+    token = secrets.token_hex(32)
+    for rid in range(1, 4):  # three typos, each sent twice
+        payload = codec.encode(Request("login", "typist", rid, {
+            "user": "alice", "password": f"typo{rid}", "addr": ADDR}, token).to_wire())
+        for _attempt in range(2):
+            sock = dealer(c, "127.0.0.3")  # each attempt on a socket of its own
+            try:
+                sock.send(payload)
+                answer = replies(sock, 1, 5.0)
+            finally:
+                sock.close(0)
+            assert answer and answer[0].code == "bad_credentials", answer
+    right = dealer(c, "127.0.0.3")
+    try:
+        send(right, "login", "typist-2", user="alice", password="right", addr=ADDR)
+        answer = replies(right, 1, 5.0)
+        assert answer and answer[0].ok, answer  # 3 wrong passwords of 5 allowed
+    finally:
+        right.close(0)

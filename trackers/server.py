@@ -12,6 +12,7 @@ import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ MAX_UNSENT_BYTES = 64 * 1024 * 1024
 Envelope = list[bytes]
 _HASHED_OPS = ("create_user", "login")  # these need scrypt (~70 ms): done off the loop
 _UNKNOWN_SOURCE = "?"  # a connection without an IP address (ipc, inproc)
+# Wrong-password refusals remembered by (cid, rid), for the client's retries of them
+# (8 s of them at most); the oldest are forgotten first.
+_REFUSED_LOGINS = 1024
 
 
 class _NeedsHash(Exception):
@@ -152,6 +156,10 @@ class TrackerServer:
         self._hashing: list[_Hashing] = []
         self._slots = HashSlots()
         self._guesses = Guesses()
+        # (cid, rid) -> the bad_credentials reply of a login hashed here: a retry whose
+        # first attempt was answered on the socket the client gave up on gets that reply
+        # again, neither hashed nor counted as one more wrong password.
+        self._refused_logins: OrderedDict[tuple[str, int], Reply] = OrderedDict()
         self.view = View(number, [t.number for t in trackers], now)
         self.waits = Waits(self.view)
         self.context = context or zmq.Context.instance()
@@ -261,6 +269,9 @@ class TrackerServer:
                 self._guesses.succeeded(user, job.source)
             elif reply.code == "bad_credentials":
                 self._guesses.failed(user, job.source, time.monotonic())
+                self._refused_logins[(job.req.cid, job.req.rid)] = reply
+                if len(self._refused_logins) > _REFUSED_LOGINS:
+                    self._refused_logins.popitem(last=False)
         if reply is not None:
             self._send(job.envelope, reply)
 
@@ -325,6 +336,9 @@ class TrackerServer:
                 # and the answer goes to the socket it now listens on.
                 job.envelope = envelope
                 return None
+        refused = self._refused_logins.get((req.cid, req.rid))
+        if refused is not None:  # a retry of a wrong password: one guess, not two
+            return refused
         if req.op == "login":
             user, now = req.args["user"], time.monotonic()
             wait = self._guesses.wait(user, source, now)
