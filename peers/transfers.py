@@ -154,10 +154,7 @@ class Downloads:
         else:
             with self._lock:
                 targets = [d for d in self._all if d.running]
-        for download in targets:
-            while not download.wait(0.2):
-                pass
-        return [d.snapshot() for d in targets]
+        return self._ended(targets)
 
     def cancel(self, group: str, name: str) -> list[dict[str, Any]]:
         """End the running downloads of ``name`` from ``group`` for good (their partial
@@ -167,6 +164,11 @@ class Downloads:
             raise LocalError(f"no download of {name} from {group} is running", "no_such_file")
         for download in targets:
             download.cancel("cancelled")
+        return self._ended(targets)
+
+    @staticmethod
+    def _ended(targets: list[Download]) -> list[dict[str, Any]]:
+        """What show_downloads says of ``targets`` once every one has ended."""
         for download in targets:
             while not download.wait(0.2):  # in steps: Ctrl-C must get through
                 pass
