@@ -172,14 +172,17 @@ class Client:
             except ProtocolError as exc:
                 if exc.code != "not_logged_in":  # already gone on the tracker side: fine
                     raise
-            self._forget_session()
-            self.downloads.pause_all()
-            self.registry.clear()
+            self._end_session_here()
 
-    def _forget_session(self) -> None:
+    def _end_session_here(self) -> None:
+        """What ending a session does on this client (callers hold ``_session_lock``):
+        forget it, pause its downloads for its user's next login, and stop sharing its
+        files, so that the next user of the client neither sees nor serves them."""
         self.user = None
         self.tracker.token = None
         self.registry.active = False
+        self.downloads.pause_all()
+        self.registry.clear()
 
     # --- groups -------------------------------------------------------------------------
 
@@ -451,11 +454,7 @@ class Client:
             user = self.user
             if user is None or self.tracker.token != token:
                 return
-            self.downloads.pause_all()
-            self._forget_session()
-            # As logout does: the next user of this client must not see (nor serve)
-            # this user's files.
-            self.registry.clear()
+            self._end_session_here()
         self.notify("session_ended", {
             "user": user,
             "message": f"the trackers ended the session of {user}; log in again",
