@@ -339,6 +339,7 @@ class TrackerServer:
         refused = self._refused_logins.get((req.cid, req.rid))
         if refused is not None:  # a retry of a wrong password: one guess, not two
             return refused
+        guesses_pending = False
         if req.op == "login":
             user, now = req.args["user"], time.monotonic()
             wait = self._guesses.wait(user, source, now)
@@ -350,10 +351,8 @@ class TrackerServer:
             # more guesses through than one at a time would.
             pending = sum(1 for job in self._hashing if job.req.op == "login"
                           and (job.req.args["user"], job.source) == (user, source))
-            if pending >= self._guesses.left(user, source, now):
-                return Reply.failure(req.rid, "busy",
-                                     "the tracker is busy: try again in a moment")
-        if not self._slots.admit(source):
+            guesses_pending = pending >= self._guesses.left(user, source, now)
+        if guesses_pending or not self._slots.admit(source):  # admit takes a slot
             return Reply.failure(req.rid, "busy",
                                  "the tracker is busy: try again in a moment")
         future = self._hasher.submit(hash_password, need.password, need.salt)
