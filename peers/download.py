@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 HELLO_TIMEOUT = 3.0  # a peer that does not answer hello in time is skipped for now
 SILENCE_TIMEOUT = 4.0  # a peer with requests out and silent this long is dropped
 RETRY_PEER_AFTER = 5.0
+REFUSED_RETRY_AFTER = 10 * RETRY_PEER_AFTER  # a peer that refused us outright, for good
 # A peer that refuses us outright as a non-member may be wrong: it asks a tracker about
 # our ticket, and that tracker can lag behind the one that just issued it (a write is
 # answered once the trackers deemed live hold it, so one that was hung or cut off when
@@ -44,10 +45,10 @@ RETRY_PEER_AFTER = 5.0
 # get: each hello costs the peer a tracker call.  We only come back while our own
 # tracker lists the peer to us, which it does for members only.
 NOT_MEMBER_RETRY_FIRST = 1.0
-NOT_MEMBER_RETRY_MAX = 10 * RETRY_PEER_AFTER
+NOT_MEMBER_RETRY_MAX = REFUSED_RETRY_AFTER
 # A peer that refused us this recently is named in the waiting message: longer than
 # any wait before we ask it again, so a peer that keeps refusing stays named.
-REFUSALS_SHOWN_FOR = 10 * RETRY_PEER_AFTER + 10.0
+REFUSALS_SHOWN_FOR = REFUSED_RETRY_AFTER + 10.0
 REFRESH_EVERY = 2.0  # ask the tracker for new peers this often
 ANNOUNCE_EVERY = 1.0  # tell the tracker our progress at most this often
 MIN_CREDIT, MAX_CREDIT = 2, 24
@@ -73,6 +74,15 @@ class Host(Protocol):
 
     @property
     def user(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The latest outright refusal from a peer that has not let us in since."""
+
+    at: float  # time.monotonic() of it
+    why: str  # the peer's words (shown in show_downloads)
+    not_member: int  # how many of its refusals since it last let us in were not_member
 
 
 @dataclass
@@ -123,8 +133,7 @@ class Download:
         self._links: dict[str, PeerLink] = {}
         self._settled = False  # the first hellos have been answered or timed out
         self._retry_at: dict[str, float] = {}
-        self._refusals: dict[str, int] = {}  # peer -> not_member refusals since it let us in
-        self._refused: dict[str, tuple[float, str]] = {}  # peer -> when it last refused, why
+        self._refused: dict[str, Refusal] = {}  # peer -> its latest outright refusal
         self._banned: set[str] = set()
         self._trust = Trust()
         self._checking: dict[int, str] = {}  # piece being checked -> the peer that sent it
@@ -403,8 +412,8 @@ class Download:
             self.waiting = (f"waiting for peers: no connected peer has the "
                             f"{len(missing)} missing piece(s)")
             now = time.monotonic()
-            refusals = sorted((when, why) for when, why in self._refused.values()
-                              if now - when < REFUSALS_SHOWN_FOR)
+            refusals = sorted((r.at, r.why) for r in self._refused.values()
+                              if now - r.at < REFUSALS_SHOWN_FOR)
             if refusals:  # say why a peer the tracker lists is of no use
                 self.waiting += f"; refused by {len(refusals)} peer(s): {refusals[-1][1]}"
         else:
@@ -440,7 +449,6 @@ class Download:
                     return False
                 picker.add_peer(link.addr, bits)
                 link.ready = True
-                self._refusals.pop(link.addr, None)
                 self._refused.pop(link.addr, None)
             for index in reply.indices:
                 if index < self.count:
@@ -450,8 +458,13 @@ class Download:
             if reply.index is None or reply.code == "not_shared":
                 # Refused outright, or the peer stopped sharing the file: asking it again
                 # at once would only spin; try it later if the tracker still lists it.
-                self._refused[link.addr] = (time.monotonic(), reply.error[:100])
-                self._drop(link, picker, f"refused: {reply.error}", self._retry_after(link, reply))
+                earlier = self._refused.get(link.addr)
+                refusal = Refusal(time.monotonic(), reply.error[:100],
+                                  (earlier.not_member if earlier else 0)
+                                  + (1 if reply.code == "not_member" else 0))
+                self._refused[link.addr] = refusal
+                self._drop(link, picker, f"refused: {reply.error}",
+                           self._retry_after(reply.code, refusal))
                 return False
             if link.in_flight.pop(reply.index, None) is None:
                 return True  # not a piece we asked it for (a bad index would break the picker)
@@ -461,14 +474,14 @@ class Download:
         self._piece(link, reply, picker, partial, checker)
         return True
 
-    def _retry_after(self, link: PeerLink, refused: msg.Refused) -> float:
-        """How long to leave a peer alone that refused us outright."""
-        if refused.code in ("not_shared", "no_tracker", "busy"):
+    @staticmethod
+    def _retry_after(code: str, refusal: Refusal) -> float:
+        """How long to leave a peer alone that refused us outright with ``code``."""
+        if code in ("not_shared", "no_tracker", "busy"):
             return RETRY_PEER_AFTER
-        if refused.code == "not_member":
-            self._refusals[link.addr] = self._refusals.get(link.addr, 0) + 1
-            return not_member_retry(self._refusals[link.addr])
-        return 10 * RETRY_PEER_AFTER
+        if code == "not_member":
+            return not_member_retry(refusal.not_member)
+        return REFUSED_RETRY_AFTER
 
     def _piece(self, link: PeerLink, piece: msg.Piece, picker: Picker,
                partial: PartialDownload, checker: PieceChecker) -> None:
