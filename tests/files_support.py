@@ -13,13 +13,27 @@ from p2p import codec
 from p2p.config import load_tracker_info
 from p2p.messages import piece as msg
 from p2p.pieces import PIECE_SIZE
+from peers import client as client_module
+from peers.client import Client
 from peers.download import Download
 from peers.shares import Key, Source
 from peers.tracker_client import TrackerClient
+from peers.transfers import Notify
 from tests.procs import ClientProc, Cluster, free_port
 from trackers.commands import session_id, ticket_for
 
 PASSWORD = "pw-secret"
+
+
+def client_without_trackers(tmp_path: Path, monkeypatch: Any,
+                            notify: Notify | None = None) -> Client:
+    """A real Client in this process, pinging every 0.05 s, whose tracker_info names a
+    port nobody answers on: the test puts a stand-in for its ``tracker``."""
+    monkeypatch.setattr(client_module, "PING_INTERVAL", 0.05)
+    info = tmp_path / "tracker_info.txt"
+    info.write_text(f"127.0.0.1 {free_port()}\n")
+    return Client(load_tracker_info(info), "127.0.0.1", free_port(), tmp_path / "data",
+                  notify=notify)
 
 
 class OfflineHost:

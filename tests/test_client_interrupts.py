@@ -22,12 +22,12 @@ from p2p.config import TrackerAddress, load_tracker_info
 from p2p.errors import ProtocolError
 from p2p.messages import piece as msg
 from p2p.pieces import PIECE_SIZE, piece_sha1
-from peers import client as client_module
 from peers.client import Client
 from peers.piece_server import PieceServer
 from peers.repl import Repl
 from peers.shares import Source
 from peers.tracker_client import TrackerClient
+from tests.files_support import client_without_trackers
 from tests.procs import ClientProc, Cluster, cluster, free_port, wait_for
 from tests.test_replication_kit import wait_converged
 
@@ -175,10 +175,7 @@ def test_ping_loop_and_close_survive_unexpected_errors(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug in a ping does not end the keep-alive; one in the logout of ``exit`` is
     logged and the client still shuts down, while Ctrl-C there still reaches the REPL."""
-    monkeypatch.setattr(client_module, "PING_INTERVAL", 0.05)
-    info = tmp_path / "tracker_info.txt"
-    info.write_text(f"127.0.0.1 {free_port()}\n")  # nobody answers there: never used
-    client = Client(load_tracker_info(info), "127.0.0.1", free_port(), tmp_path / "data")
+    client = client_without_trackers(tmp_path, monkeypatch)
     fake = FailingTracker(client.tracker)
     client.tracker = fake  # type: ignore[assignment]
     try:

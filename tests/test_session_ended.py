@@ -10,13 +10,10 @@ from typing import Any
 
 import pytest
 
-from p2p.config import load_tracker_info
 from p2p.errors import RemoteError
-from peers import client as client_module
-from peers.client import Client
 from peers.tracker_client import TrackerClient
-from tests.files_support import login, make_file
-from tests.procs import Cluster, cluster, free_port, wait_for
+from tests.files_support import client_without_trackers, login, make_file
+from tests.procs import Cluster, cluster, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -91,12 +88,9 @@ class SlowToTellTracker:
 
 def test_a_refused_ping_of_an_old_session_does_not_end_the_next_login(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client_module, "PING_INTERVAL", 0.05)
-    info = tmp_path / "tracker_info.txt"
-    info.write_text(f"127.0.0.1 {free_port()}\n")  # nobody answers there: never used
     events: list[tuple[str, dict[str, Any]]] = []
-    client = Client(load_tracker_info(info), "127.0.0.1", free_port(), tmp_path / "data",
-                    notify=lambda name, data: events.append((name, data)))
+    client = client_without_trackers(tmp_path, monkeypatch,
+                                     lambda name, data: events.append((name, data)))
     fake = SlowToTellTracker(client.tracker)
     client.tracker = fake  # type: ignore[assignment]
     try:
@@ -143,10 +137,7 @@ def test_a_login_interrupted_by_ctrl_c_keeps_no_session_alive(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Pings with the half-made session's token would keep it alive at a tracker that
     # took the login, for a user this client does not count as logged in.
-    monkeypatch.setattr(client_module, "PING_INTERVAL", 0.05)
-    info = tmp_path / "tracker_info.txt"
-    info.write_text(f"127.0.0.1 {free_port()}\n")  # nobody answers there: never used
-    client = Client(load_tracker_info(info), "127.0.0.1", free_port(), tmp_path / "data")
+    client = client_without_trackers(tmp_path, monkeypatch)
     fake = InterruptedLogin(client.tracker)
     client.tracker = fake  # type: ignore[assignment]
     try:
