@@ -119,6 +119,13 @@ class TrackerProc:
 
         return query_status(load_tracker_info(self.info)[self.number - 1], timeout=0.5)
 
+    def answered_status(self, timeout: float = 10) -> dict[str, Any]:
+        """The status of a tracker that must be answering, asked again until it does: one
+        0.5 s query can go unanswered on a loaded machine with nothing wrong."""
+        status: dict[str, Any] = wait_for(self.status, timeout,
+                                          f"tracker {self.number} to answer status")
+        return status
+
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
@@ -263,9 +270,7 @@ class Cluster:
 
     def sessions(self, tracker: int = 1) -> int:
         """How many sessions a tracker holds, by its status."""
-        status = self.tracker(tracker).status()
-        assert status is not None
-        return int(status["sessions"])
+        return int(self.tracker(tracker).answered_status()["sessions"])
 
     def end_session_by_freezing(self, client: ClientProc) -> None:
         """Freeze ``client`` until tracker 1 has timed its session out (start the trackers

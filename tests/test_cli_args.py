@@ -169,8 +169,7 @@ def test_tracker_reads_both_line_spellings_comments_and_blanks(tmp_path: Path) -
     tracker = TrackerProc(info, 2, tmp_path / "t2", tmp_path / "t2.log")
     try:
         start(tracker)
-        status = tracker.status()
-        assert status is not None and status["tracker"] == 2
+        assert tracker.answered_status()["tracker"] == 2
     finally:
         tracker.stop()
 
@@ -214,6 +213,6 @@ def test_tracker_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) ->
         assert "stopped" in log
         # The port is free again and the data dir is usable by the next start.
         start(tracker)
-        assert tracker.status() is not None
+        tracker.answered_status()
     finally:
         tracker.stop()
