@@ -27,6 +27,7 @@ from typing import Any
 
 import zmq
 
+from p2p.bounded_log import BoundedLog
 from p2p.errors import LocalError
 from p2p.messages import piece as msg
 from p2p.pieces import piece_range
@@ -78,6 +79,15 @@ SNDHWM = 1000
 # (peers/malloc_tuning); this long after the last piece went out both are given
 # back, so an idle client stays small.
 RELEASE_AFTER_IDLE = 10.0
+_UNKNOWN_SOURCE = "?"  # a connection without an IP address (ipc, inproc)
+
+
+def _source(frame: zmq.Frame) -> str:
+    """The IP address a message came from (what its log lines are counted by)."""
+    try:
+        return str(frame.get("Peer-Address"))
+    except zmq.ZMQError:  # not over TCP
+        return _UNKNOWN_SOURCE
 
 
 class TokenBucket:
@@ -135,6 +145,8 @@ class PieceServer:
         self._unsent: dict[str, collections.deque[zmq.MessageTracker]] = {}
         self._ignoring: set[str] = set()  # users told of in the log as asking too much
         self._unread: set[bytes] = set()  # downloaders told of in the log as reading nothing
+        # Lines about what strangers send: a flood of garbage must not flood the log.
+        self._bad = BoundedLog(log)
         self._recent = RecentPieces(RECENT_PIECES)
         # downloader -> when it last opened a file or asked for a piece, latest last,
         # none older than ASKING_WITHIN
@@ -192,7 +204,8 @@ class PieceServer:
                         self._tell_at = now + NEWS_DELAY
                     self._guarded("act on ticket answers", self._take_answers, now)
                 if self._sock in ready:
-                    self._drain(self._sock, self._on_request)
+                    self._drain(self._sock, self._on_message, copy=False)
+                self._bad.flush()
                 if self._tell_at is not None and now >= self._tell_at:
                     self._tell_at = None
                     self._guarded("pass on new pieces", self._tell_news)
@@ -221,16 +234,14 @@ class PieceServer:
             return None
 
     @staticmethod
-    def _drain(sock: zmq.Socket[Any], handler: Callable[[list[bytes]], None]) -> None:
+    def _drain(sock: zmq.Socket[Any], handler: Callable[[list[Any]], None],
+               copy: bool = True) -> None:
         for _ in range(256):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
             except zmq.Again:
                 return
-            try:
-                handler(frames)
-            except Exception:  # one bad message must never stop the server
-                log.exception("dropped a peer message that broke its handler")
+            handler(frames)
 
     def _tell_news(self) -> None:
         """Pass on the pieces announced since last time, one message per downloader
@@ -252,15 +263,28 @@ class PieceServer:
                     self._send(ident, msg.have_frame(key[1],
                                                      indices[start:start + msg.MAX_HAVE_INDICES]))
 
-    def _on_request(self, frames: list[bytes]) -> None:
+    def _on_message(self, parts: list[zmq.Frame]) -> None:
+        """One message on the ROUTER, with the address it came from (uncopied frames:
+        zmq knows the address only of those)."""
+        source = _source(parts[-1])
+        try:
+            self._on_request([part.bytes for part in parts], source)
+        except Exception:  # one bad message must never stop the server
+            self._bad.warning("peer messages that broke their handler", source,
+                              "dropped a peer message from %s that broke its handler", source,
+                              exc_info=True)
+
+    def _on_request(self, frames: list[bytes], source: str) -> None:
         if len(frames) != 2:
-            log.warning("dropped a peer request of %d frames", len(frames))
+            self._bad.warning("peer requests of the wrong shape", source,
+                              "dropped a peer request of %d frames from %s", len(frames), source)
             return
         ident, body = frames
         try:
             request = msg.parse_request(body)
         except LocalError as exc:
-            log.warning("bad peer request: %s", exc)
+            self._bad.warning("malformed peer requests", source, "bad peer request from %s: %s",
+                              source, exc)
             self._send(ident, msg.refused_frame("", exc.code, str(exc)))
             return
         if isinstance(request, msg.Hello):
@@ -330,9 +354,10 @@ class PieceServer:
                 continue
             openings = [(ident, key) for ident, opened in self._opened.items()
                         for key, c in opened.items() if c == credentials]
-            if hellos:
-                log.warning("refused %s: a tracker does not vouch for its ticket for %s "
-                            "(not a member, or not logged in)", user, group)
+            if hellos:  # anyone can make tickets up by the thousand
+                self._bad.warning("refused tickets", f"{user} for {group}",
+                                  "refused %s: a tracker does not vouch for its ticket for %s "
+                                  "(not a member, or not logged in)", user, group)
             for (ident, _key), hello in hellos.items():
                 self._refuse(ident, hello.name, "not_member",
                              f"{user} may not download from group {group}")

@@ -3,8 +3,10 @@ the process keeps running, its state stays whole, and what it holds for them sta
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +289,119 @@ def test_requests_held_while_a_tracker_catches_up_stay_under_64_mib(
         done_posing.set()
         poser.join(5)
         c.close()
+
+
+# --- a flood of malformed messages and the log --------------------------------------------
+
+FLOOD = 20_000
+# What a flood may add to a log: a few lines per kind of trouble, and one summary line per
+# kind every 10 s.  One line per message wrote 29.7 MB for 300,000 frames.
+LOG_GROWTH = 20_000
+
+
+def _answered_in_order(sock: zmq.Socket[Any], good: list[bytes],
+                       is_answer: Callable[[list[bytes]], bool], what: str) -> None:
+    """Send ``good`` until its answer comes, reading whatever came before it.  One
+    connection's messages are handled in order, so its answer means every message sent
+    before it was handled (it is sent again: a reply may be dropped at a full queue)."""
+
+    def answered() -> bool:
+        sock.send_multipart(good)
+        end = time.monotonic() + 2.0
+        while (left := end - time.monotonic()) > 0 and sock.poll(max(1, int(left * 1000))):
+            if is_answer(sock.recv_multipart()):
+                return True
+        return False
+
+    wait_for(answered, 45, what, interval=0)
+
+
+def _accounted(text: str, line: str, summary: str) -> int:
+    """Messages of one kind from 127.0.0.1 that a log accounts for: each line written,
+    plus the count of every summary line (``... and N more <summary> from 127.0.0.1``)."""
+    held = re.findall(rf"\.\.\. and (\d+) more {summary} from 127\.0\.0\.1 in the last", text)
+    return text.count(line) + sum(map(int, held))
+
+
+@pytest.mark.timeout(120)
+def test_a_flood_of_malformed_peer_requests_leaves_a_short_log(
+        one_tracker: Cluster, zctx: zmq.Context[Any]) -> None:
+    """20,000 malformed frames to a client's piece port: each is refused as before, but
+    the log says only the first few and then how many more came, and the client serves on."""
+    peer = one_tracker.client("alice")
+    assert peer.ok("help login")["usage"]  # up, its piece server listening
+    before = peer.log_path.stat().st_size
+    stranger: zmq.Socket[Any] = zctx.socket(zmq.DEALER)
+    stranger.setsockopt(zmq.SNDHWM, 0)
+    stranger.setsockopt(zmq.RCVHWM, 0)
+    stranger.connect(f"tcp://{addr(peer)}")
+    garbage: list[list[bytes]] = [[b"\xc1"], [codec.encode({"t": "format_disk"})],
+                                  [codec.encode(["x"])], [b"two", b"frames"]]
+    for i in range(FLOOD):
+        stranger.send_multipart(garbage[i % len(garbage)])
+    hello = codec.encode(msg.Hello("g", "f.bin", "0" * 40, "eve", "t").to_wire())
+
+    def not_shared(frames: list[bytes]) -> bool:
+        reply = msg.parse_reply(frames)
+        return isinstance(reply, msg.Refused) and reply.code == "not_shared"
+
+    _answered_in_order(stranger, [hello], not_shared, "the hello after the flood")
+    grown = peer.log_path.stat().st_size - before  # every frame's line would be in by now
+    assert grown < LOG_GROWTH, (grown, peer.log_path.read_text()[-3000:])
+
+    def accounted() -> int:
+        text = peer.log_path.read_text()
+        return (_accounted(text, "bad peer request from 127.0.0.1",
+                           "malformed peer requests")
+                + _accounted(text, "dropped a peer request of 3 frames from 127.0.0.1",
+                             "peer requests of the wrong shape"))
+
+    # Every one is told of, in lines or in the summaries that come as their 10 s end.
+    wait_for(lambda: accounted() == FLOOD, 30, "the log to account for every frame",
+             interval=0.5)
+    grown = peer.log_path.stat().st_size - before
+    assert grown < LOG_GROWTH, (grown, peer.log_path.read_text()[-3000:])
+    assert peer.proc.poll() is None
+    assert peer.ok("help login")["usage"]  # still answering its user
+
+
+@pytest.mark.timeout(120)
+def test_a_flood_of_malformed_client_requests_leaves_a_tracker_log_short(
+        one_tracker: Cluster, zctx: zmq.Context[Any]) -> None:
+    """The same on a tracker's client port: garbage, unknown operations and envelopes that
+    are not routing ids, 20,000 in all; then it answers status, takes writes, and its log
+    grew by a few lines."""
+    tracker = one_tracker.tracker(1)
+    before = tracker.log_path.stat().st_size
+    sock: zmq.Socket[Any] = zctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.connect(f"tcp://127.0.0.1:{one_tracker.ports[0]}")
+    status = codec.encode({"op": "status", "cid": "eve", "rid": 1})
+    unknown = codec.encode({"op": "format_disk", "cid": "eve", "rid": 2})
+    garbage: list[list[bytes]] = [[b"", b"\xc1"], [b"", codec.encode(["x"])],
+                                  [b"h"] * 17 + [status], [b"", unknown]]
+    for i in range(FLOOD):
+        sock.send_multipart(garbage[i % len(garbage)])
+
+    def status_ok(frames: list[bytes]) -> bool:
+        reply = codec.decode(frames[-1])
+        return bool(reply.get("ok")) and reply["result"]["tracker"] == 1
+
+    _answered_in_order(sock, [b"", status], status_ok, "the status after the flood")
+    grown = tracker.log_path.stat().st_size - before
+    assert grown < LOG_GROWTH, (grown, tracker.log_text()[-3000:])
+
+    def accounted() -> int:
+        text = tracker.log_text()
+        return (_accounted(text, "bad client request from 127.0.0.1",
+                           "malformed client requests")
+                + _accounted(text, "dropped a client message from 127.0.0.1 whose envelope",
+                             "client messages with a bad envelope"))
+
+    # Unknown operations are answered unknown_command and were never logged.
+    wait_for(lambda: accounted() == FLOOD // 4 * 3, 30,
+             "the log to account for every bad message", interval=0.5)
+    grown = tracker.log_path.stat().st_size - before
+    assert grown < LOG_GROWTH, (grown, tracker.log_text()[-3000:])
+    _still_serves_writes(one_tracker)

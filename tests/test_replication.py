@@ -15,6 +15,7 @@ import pytest
 import zmq
 
 from p2p import codec
+from p2p.bounded_log import BURST
 from p2p.messages.sync import Ack, Batch, CatchUp, Heartbeat, decode_sync, encode_sync
 from p2p.pieces import Bitfield
 from tests.files_support import (
@@ -356,7 +357,8 @@ def test_session_expiry_counts_pings_heard_by_any_tracker(tmp_path: Path) -> Non
 
 # --- robustness of the tracker-to-tracker port ----------------------------------------------
 
-def test_garbage_on_the_peer_port_is_dropped_and_logged_once(two_trackers: Cluster) -> None:
+def test_garbage_on_the_peer_port_is_dropped_and_logged_within_bounds(
+        two_trackers: Cluster) -> None:
     c = two_trackers
     sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -381,7 +383,8 @@ def test_garbage_on_the_peer_port_is_dropped_and_logged_once(two_trackers: Clust
     one = status(c, 1)
     assert one is not None and one["replication"]["bad-peer-port"] >= 40, one
     text = c.tracker(1).log_text()
-    assert text.count("dropped a malformed frame") == 1, text
+    # 80 malformed frames: the first few logged (p2p.bounded_log), the rest counted.
+    assert 1 <= text.count("dropped a malformed frame") <= BURST, text
     assert "Traceback" not in text
 
 

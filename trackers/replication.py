@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from p2p.bounded_log import BoundedLog
 from p2p.config import TrackerAddress
 from p2p.errors import LocalError
 from p2p.messages.sync import (
@@ -141,7 +142,8 @@ class Replication:
         self._awaiting: set[int] = set()  # peers whose startup catch-up is not complete
         self._ready_at = 0.0
         self._live: dict[int, bool] = {}
-        self._warned: set[str] = set()
+        # Lines about what strangers send: a flood of garbage must not flood the log.
+        self._bad = BoundedLog(log)
         self.stats: dict[str, int] = defaultdict(int)
 
     def sockets(self) -> list[zmq.Socket[Any]]:
@@ -178,6 +180,7 @@ class Replication:
         """Heartbeat when due and retry catch-up; True when a heartbeat went out."""
         self._ask_lacking(now)
         self._note_liveness(now)
+        self._bad.flush()
         if now < self._next_heartbeat:
             return False
         self._next_heartbeat = now + HEARTBEAT_INTERVAL
@@ -225,13 +228,14 @@ class Replication:
         if self.sub in ready:
             events: list[Event] = []
             for frames in self._recv(self.sub):
-                message = self._decode(frames[-1], "subscription")
+                message = self._decode(frames[-1], "bad-subscription", "the subscription")
                 if isinstance(message, Event):
                     events.append(message)
                 elif isinstance(message, Heartbeat):
                     self._on_heartbeat(message, now)
                 elif message is not None:
-                    self._warn("sub-kind", f"unexpected {type(message).__name__} on PUB")
+                    self._warn("sub-kind", "unexpected messages", "the subscription",
+                               f"unexpected {type(message).__name__} on PUB")
             if events:
                 self._on_events(events, now, source=None)
         if self.router in ready:
@@ -258,26 +262,25 @@ class Replication:
                 break
         return out
 
-    def _decode(self, frame: bytes, where: str) -> SyncMessage | None:
+    def _decode(self, frame: bytes, key: str, where: str) -> SyncMessage | None:
         try:
             return decode_sync(frame, max_size=MAX_MESSAGE)
         except LocalError as exc:
-            self._warn(f"bad-{where.replace(' ', '-')}",
+            self._warn(key, "malformed frames", where,
                        f"dropped a malformed frame from {where}: {exc}")
             return None
 
-    def _warn(self, key: str, message: str) -> None:
-        """Log a kind of trouble once (a flood of garbage must not flood the log)."""
+    def _warn(self, key: str, kind: str, where: str, message: str) -> None:
+        """Count a kind of trouble in status under ``key``, and log it within bounds
+        (a flood of garbage must not flood the log)."""
         self.stats[key] += 1
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning("%s (further ones counted in status, not logged)", message)
+        self._bad.warning(kind, where, "%s", message)
 
     def _known(self, number: int, what: str) -> bool:
         if number == self.me or number not in self.view.peers:
             kind = what.split(" ", 1)[-1].replace(" ", "-")
-            self._warn(f"unknown-{kind}", f"dropped {what} naming tracker {number}, "
-                                          "which is not one of our peers")
+            self._warn(f"unknown-{kind}", "messages naming trackers not among our peers", "",
+                       f"dropped {what} naming tracker {number}, which is not one of our peers")
             return False
         return True
 
@@ -292,9 +295,10 @@ class Replication:
 
     def _on_router(self, frames: list[bytes], now: float) -> None:
         if len(frames) != 2:
-            self._warn("router-envelope", "dropped a peer message without its envelope")
+            self._warn("router-envelope", "peer messages without an envelope", "the peer port",
+                       "dropped a peer message without its envelope")
             return
-        message = self._decode(frames[1], "peer port")
+        message = self._decode(frames[1], "bad-peer-port", "the peer port")
         if isinstance(message, CatchUp):
             if self._known(message.sender, "a catch-up request"):
                 self.view.heard(message.sender, now)
@@ -304,7 +308,8 @@ class Replication:
             if self._known(message.sender, "an ack"):
                 self._on_ack(message, now)
         elif message is not None:
-            self._warn("router-kind", f"unexpected {type(message).__name__} on the peer port")
+            self._warn("router-kind", "unexpected messages", "the peer port",
+                       f"unexpected {type(message).__name__} on the peer port")
 
     def _batch(self, request: CatchUp) -> Batch:
         events = self.store.since(request.vector, BATCH_EVENTS)
@@ -326,13 +331,15 @@ class Replication:
                               Outcome(verdict.ok, verdict.code, verdict.error))
 
     def _on_dealer(self, peer: int, frames: list[bytes], now: float) -> None:
-        message = self._decode(frames[-1], f"tracker {peer}")
+        message = self._decode(frames[-1], f"bad-tracker-{peer}", f"tracker {peer}")
         if not isinstance(message, Batch):
             if message is not None:
-                self._warn("dealer-kind", f"unexpected {type(message).__name__} from a peer")
+                self._warn("dealer-kind", "unexpected messages", f"tracker {peer}",
+                           f"unexpected {type(message).__name__} from a peer")
             return
         if message.sender != peer:
-            self._warn("batch-sender", f"tracker {peer} answered as {message.sender}")
+            self._warn("batch-sender", "batches under another number", f"tracker {peer}",
+                       f"tracker {peer} answered as {message.sender}")
             return
         self.view.heard(peer, now)
         self.view.asked(peer, None)

@@ -22,6 +22,7 @@ from typing import Any
 import zmq
 
 from p2p import codec
+from p2p.bounded_log import BoundedLog
 from p2p.config import TrackerAddress
 from p2p.errors import LocalError
 from p2p.messages.sync import Event, Vector
@@ -169,6 +170,8 @@ class TrackerServer:
         # connection -> (tracker, size) of its large reply zmq has not written out yet
         self._unsent: dict[bytes, tuple[zmq.MessageTracker, int]] = {}
         self._dropping = False  # told the log that large replies are being dropped
+        # Lines about what strangers send: a flood of garbage must not flood the log.
+        self._bad = BoundedLog(log)
         self.dropped_replies = 0
         try:
             self.frontend.bind(f"tcp://{self.me.host}:{self.me.port}")
@@ -210,6 +213,7 @@ class TrackerServer:
         self._settle(now)
         for timer in self._timers:
             timer(now)
+        self._bad.flush()
 
     def _poll_ms(self) -> int:
         now = time.monotonic()
@@ -279,22 +283,28 @@ class TrackerServer:
         try:
             self._on_client(frames, source)
         except Exception:  # one bad message must never stop the tracker
-            log.exception("dropped a message that broke its handler")
+            self._bad.warning("messages that broke their handler", source,
+                              "dropped a message from %s that broke its handler", source,
+                              exc_info=True)
 
     def _on_client(self, frames: list[bytes], source: str) -> None:
         if len(frames) < 2:
-            log.warning("dropped a client message without envelope")
+            self._bad.warning("client messages without envelope", source,
+                              "dropped a client message without envelope from %s", source)
             return
         envelope, payload = frames[:-1], frames[-1]
         if (len(envelope) > _MAX_ENVELOPE_FRAMES
                 or any(len(frame) > _MAX_ENVELOPE_FRAME for frame in envelope)):
-            log.warning("dropped a client message whose envelope is not routing ids "
-                        "(%d frames, %d bytes)", len(envelope), sum(map(len, envelope)))
+            self._bad.warning("client messages with a bad envelope", source,
+                              "dropped a client message from %s whose envelope is not routing "
+                              "ids (%d frames, %d bytes)", source, len(envelope),
+                              sum(map(len, envelope)))
             return
         try:
             req = Request.from_wire(codec.decode(payload, max_size=MAX_MESSAGE))
         except LocalError as exc:
-            log.warning("bad client request: %s", exc)
+            self._bad.warning("malformed client requests", source,
+                              "bad client request from %s: %s", source, exc)
             self._send(envelope, Reply.failure(-1, exc.code, f"bad request: {exc}"))
             return
         if req.op != "status" and not self.replication.ready(time.monotonic()):
