@@ -194,13 +194,16 @@ class Downloads:
         resumed = []
         with self._file_lock:
             try:
-                entries = self._entries()
+                saved = self._saved()
             except OSError as exc:  # the login stands; there is nothing to resume from
                 self._notify("downloads_unreadable", {
                     "path": str(self._record), "kept_as": None,
                     "message": f"cannot read {self._record}: {exc.strerror or exc}: the "
                                "unfinished downloads it lists will not resume at login"})
                 return []
+        entries = [e for e in saved if _understood(e)]
+        if len(entries) < len(saved):
+            self._tell_not_understood(len(saved) - len(entries))
         for entry in entries:
             if entry["user"] != user:
                 continue
@@ -241,22 +244,33 @@ class Downloads:
 
     # --- the record ---------------------------------------------------------------------
 
-    def _entries(self) -> list[dict[str, Any]]:
-        """The saved downloads; callers hold ``_file_lock``.
+    def _saved(self) -> list[Any]:
+        """Every entry of the record, as it is there; callers hold ``_file_lock``.
 
-        An entry without its fields (edited by hand, or garbled) is left out, so that it
-        can stop no login.  A record that cannot be read at all is moved aside, so the
-        next save does not overwrite it, and the user is told.
+        An entry without its fields (edited by hand, or garbled) is among them: it is
+        not resumed (see ``_understood``), and every save writes it back unchanged, since
+        it is not ours to delete.  A record that cannot be read at all is moved aside, so
+        the next save does not overwrite it, and the user is told.
         """
         try:
             entries = json.loads(self._record.read_text())["downloads"]
-            return [e for e in entries if isinstance(e, dict)
-                    and all(isinstance(e.get(k), str) for k in _ENTRY_FIELDS)]
+            if not isinstance(entries, list):  # a save would put a list in its place
+                raise TypeError(f"downloads is a {type(entries).__name__}, not a list")
+            return entries
         except FileNotFoundError:
             return []
         except (ValueError, KeyError, TypeError) as exc:
             self._set_aside(exc)
             return []
+
+    def _tell_not_understood(self, count: int) -> None:
+        """Say that ``count`` entries of the record are not understood (once a login)."""
+        entries = "entry" if count == 1 else "entries"
+        self._notify("download_entries_unreadable", {
+            "path": str(self._record), "count": count,
+            "message": f"{count} {entries} of {self._record} could not be understood (not "
+                       "the form this client writes): left in it as they are; the downloads "
+                       "they stand for do not resume"})
 
     def _set_aside(self, why: Exception) -> None:
         """Rename the unreadable record to a name not taken yet, and say so."""
@@ -282,7 +296,7 @@ class Downloads:
     def _save_entry(self, group: str, name: str, final: Path, sharing: bool) -> None:
         user = self._host.user or ""
         with self._file_lock:
-            entries = [e for e in self._entries() if e.get("path") != str(final)]
+            entries = [e for e in self._saved() if not _names(e, final)]
             entries.append({"user": user, "group": group, "name": name, "path": str(final),
                             "share": sharing})
             self._write(entries)
@@ -293,8 +307,8 @@ class Downloads:
         try:
             self._file_path(self._resume_path(final)).unlink(missing_ok=True)
             with self._file_lock:
-                entries = self._entries()
-                kept = [e for e in entries if e.get("path") != str(final)]
+                entries = self._saved()
+                kept = [e for e in entries if not _names(e, final)]
                 if len(kept) != len(entries):
                     self._write(kept)
         except OSError as exc:
@@ -307,6 +321,17 @@ class Downloads:
         if download.running:
             self._save_entry(download.group, download.name, download.final_path, False)
 
-    def _write(self, entries: list[dict[str, Any]]) -> None:
+    def _write(self, entries: list[Any]) -> None:
         """Replace downloads.json; callers hold ``_file_lock``."""
         replace_json(self._record, {"downloads": entries}, indent=1)
+
+
+def _understood(entry: Any) -> bool:
+    """Whether a saved entry has the fields this client writes (and so may resume)."""
+    return isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in _ENTRY_FIELDS)
+
+
+def _names(entry: Any, final: Path) -> bool:
+    """Whether ``entry`` is this client's record of the download to ``final`` (one not
+    understood never is: it is kept whatever it says)."""
+    return _understood(entry) and entry["path"] == str(final)

@@ -273,12 +273,16 @@ def test_a_garbled_saved_download_does_not_break_login(one_tracker: Cluster,
     record = bob.data_dir / "downloads.json"
     saved = json.loads(record.read_text())
     good = saved["downloads"][0]
-    saved["downloads"] = [{"user": "bob", "group": "g"}, {"group": "g", "name": "x"},
-                          {**good, "path": 7}, good]
+    garbled = [{"user": "bob", "group": "g"}, {"group": "g", "name": "x"}, {**good, "path": 7}]
+    saved["downloads"] = [*garbled, good]
     record.write_text(json.dumps(saved))
     assert login(bob, "bob", create=False)["resumed"] == ["f.bin"]
+    told = [e for e in bob.events if e["event"] == "download_entries_unreadable"]
+    assert [(e["path"], e["count"]) for e in told] == [(str(record), 3)], bob.events
     done(bob, "g", "f.bin")
     assert (dest / "f.bin").read_bytes() == data
+    # The finished download left the record; the entries not understood are still in it.
+    assert json.loads(record.read_text())["downloads"] == garbled
 
 
 def test_leaving_the_group_ends_a_download_from_it(one_tracker: Cluster,

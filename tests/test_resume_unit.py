@@ -121,7 +121,8 @@ def test_no_such_file_without_saved_metadata_is_kept_for_a_later_login(
 
 
 @pytest.mark.parametrize("garbage", [b'{"downloads": [{"user": "bob", "gro', b"\xff\xfe",
-                                     b'{"other": []}', b'{"downloads": 3}', b"[1, 2]"])
+                                     b'{"other": []}', b'{"downloads": 3}', b"[1, 2]",
+                                     b'{"downloads": "abc"}', b'{"downloads": {"a": 1}}'])
 def test_an_unreadable_record_is_kept_aside_and_said_so(tmp_path: Path,
                                                         garbage: bytes) -> None:
     saved = Saved(tmp_path, LocalError("no tracker answered", "no_tracker"))
@@ -181,3 +182,52 @@ def test_a_record_the_disk_will_not_give_is_said_so_and_the_login_stands(
     assert saved.record.is_dir()
     # A download that ends and would drop its entry must not fail on it either.
     saved.downloads._drop_entry(saved.final)
+
+
+# --- entries of a readable record that are not understood -----------------------------------
+
+GARBLED = {"user": "bob", "group": "g", "name": 7, "path": "/somewhere/x.bin", "note": "kept"}
+
+
+def test_an_entry_not_understood_is_kept_through_every_save_and_said_so(
+        tmp_path: Path) -> None:
+    """One good entry and one garbled (edited by hand): the good one resumes as ever, the
+    garbled one stays in the record through the saves that follow, word for word, and
+    the login says so once."""
+    saved = Saved(tmp_path, LocalError("no tracker answered", "no_tracker"))
+    good = saved.entries()[0]
+    saved.record.write_text(json.dumps({"downloads": [GARBLED, good]}))
+    assert saved.downloads.resume_saved("bob") == []  # no tracker: kept for later
+    [(name, data)] = saved.events
+    assert name == "download_entries_unreadable"
+    assert (data["path"], data["count"]) == (str(saved.record), 1)
+    assert str(saved.record) in data["message"] and "1 entry" in data["message"], data
+    assert "left in it" in data["message"], data
+    assert saved.entries() == [GARBLED, good]
+    other = tmp_path / "dl" / "other.bin"
+    saved.downloads._save_entry("g", "other.bin", other, True)
+    assert [e["name"] for e in saved.entries()] == [7, "f.bin", "other.bin"]
+    saved.downloads._drop_entry(other)
+    saved.downloads._drop_entry(saved.final)
+    assert saved.entries() == [GARBLED]
+    assert len(saved.events) == 1  # saves say nothing; the login did
+
+
+def test_entries_not_understood_stay_when_the_good_one_is_dropped(tmp_path: Path) -> None:
+    saved = Saved(tmp_path, RemoteError("not a member", "not_member"))
+    good = saved.entries()[0]
+    garbled: list[Any] = [GARBLED, "a string", None, {"path": str(saved.final)}]
+    saved.record.write_text(json.dumps({"downloads": [*garbled, good]}))
+    assert saved.downloads.resume_saved("bob") == []
+    assert [name for name, _data in saved.events] == ["download_entries_unreadable",
+                                                      "download_dropped"]
+    assert saved.events[0][1]["count"] == 4 and "4 entries" in saved.events[0][1]["message"]
+    assert saved.left_on_disk() == []
+    # Even the one naming the same path: not understood, so not ours to delete.
+    assert saved.entries() == garbled
+
+
+def test_a_record_whose_entries_are_all_understood_says_nothing(tmp_path: Path) -> None:
+    saved = Saved(tmp_path, LocalError("no tracker answered", "no_tracker"))
+    saved.downloads.resume_saved("alice")  # not hers, but understood all the same
+    assert saved.events == []
