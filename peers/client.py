@@ -20,7 +20,7 @@ import zmq
 
 from p2p.config import TrackerAddress
 from p2p.errors import LocalError, ProtocolError
-from p2p.messages.tracker import check_file_name, check_id
+from p2p.messages.tracker import check_file_name, check_id, check_shareable
 from p2p.pieces import hash_file
 from peers.download import Download
 from peers.malloc_tuning import release_free_memory
@@ -222,6 +222,9 @@ class Client:
         try:
             hashed_at = time.time_ns()
             before = path.stat()
+            # Before hashing, which takes minutes for a file this large: its share
+            # would be larger than any tracker takes.
+            check_shareable(before.st_size, path_text)
             digest = hash_file(path)
             after = path.stat()
         except OSError as exc:

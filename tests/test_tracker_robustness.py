@@ -14,7 +14,7 @@ import zmq
 
 from p2p import codec
 from p2p.config import TrackerAddress
-from p2p.messages.tracker import Request
+from p2p.messages.tracker import MAX_REQUEST, Request
 from tests.procs import Cluster, free_port_block
 from trackers import commands
 from trackers import server as server_mod
@@ -23,7 +23,7 @@ from trackers.server import TrackerServer
 pytestmark = pytest.mark.timeout(60)
 
 REPLY_TIMEOUT = 3.0
-SOCKET_LIMIT = 16 * 1024 * 1024  # trackers.server.MAX_MESSAGE
+SOCKET_LIMIT = MAX_REQUEST  # trackers.server.MAX_MESSAGE
 
 
 def endpoint(c: Cluster) -> str:

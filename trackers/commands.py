@@ -21,6 +21,7 @@ from p2p.messages.tracker import (
     Request,
     check_file_name,
     check_id,
+    check_shareable,
 )
 from p2p.pieces import piece_count
 from trackers import state as st
@@ -239,6 +240,9 @@ def _share(state: st.State, req: Request, ctx: Context) -> Plan:
     sid, _user, group = _member_of(state, req)
     name, size, sha1 = check_file_name(_arg(req, "name")), _int(req, "size"), _arg(req, "sha1")
     pieces = _arg(req, "pieces")
+    # A file over this would make events (and file_info replies) no tracker or client
+    # takes: another client's oversized share must not get into the log.
+    check_shareable(size)
     if not isinstance(sha1, str) or not _SHA1_RE.match(sha1):
         raise LocalError("'sha1' must be 40 lowercase hex digits", "bad_request")
     if not isinstance(pieces, bytes) or len(pieces) != 20 * piece_count(size):

@@ -8,6 +8,11 @@ from pathlib import Path
 
 from p2p import codec
 from p2p.messages.sync import Event
+from p2p.messages.tracker import MAX_REQUEST
+
+# An event holds what its request held: the codec's 4 MiB default refused the share
+# of any file over about 100 GiB, and a tracker with one in its log could not start.
+_MAX_EVENT = MAX_REQUEST
 
 
 class EventLog:
@@ -40,7 +45,7 @@ class EventLog:
     def load(self) -> list[Event]:
         """All events, in fold order."""
         cur = self._db.execute("SELECT body FROM events ORDER BY ts, origin, seq")
-        return [Event.from_wire(codec.decode(body)) for (body,) in cur]
+        return [Event.from_wire(codec.decode(body, max_size=_MAX_EVENT)) for (body,) in cur]
 
     def since(self, vector: dict[int, int], limit: int = 1000) -> list[Event]:
         """Events the holder of ``vector`` (origin -> highest seq) lacks, oldest first."""
@@ -50,7 +55,8 @@ class EventLog:
                 "SELECT body FROM events WHERE origin = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (origin, vector.get(origin, 0), limit - len(out)),
             )
-            out.extend(Event.from_wire(codec.decode(body)) for (body,) in cur)
+            out.extend(Event.from_wire(codec.decode(body, max_size=_MAX_EVENT))
+                       for (body,) in cur)
             if len(out) >= limit:
                 break
         return out

@@ -45,6 +45,7 @@ from p2p.messages.sync import (
     decode_sync,
     encode_sync,
 )
+from p2p.messages.tracker import MAX_REQUEST
 from trackers.quorum import (
     HEARTBEAT_INTERVAL,
     STARTUP_GRACE,
@@ -58,7 +59,8 @@ from trackers.state import Outcome
 log = logging.getLogger(__name__)
 
 PUB_OFFSET, PEER_OFFSET = 1, 2
-MAX_MESSAGE = 16 * 1024 * 1024
+# An event carries what its client request carried (a share: the piece hashes).
+MAX_MESSAGE = MAX_REQUEST
 BATCH_EVENTS = 500  # events per catch-up answer ...
 BATCH_BYTES = 2 * 1024 * 1024  # ... and roughly this many bytes at most
 _DRAIN = 1000  # messages taken from one socket per loop turn

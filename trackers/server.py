@@ -26,7 +26,7 @@ from p2p.bounded_log import BoundedLog
 from p2p.config import TrackerAddress
 from p2p.errors import LocalError
 from p2p.messages.sync import Event, Vector
-from p2p.messages.tracker import Reply, Request
+from p2p.messages.tracker import MAX_REQUEST, Reply, Request
 from trackers import commands
 from trackers import state as st
 from trackers.clock import HybridClock
@@ -39,7 +39,7 @@ from trackers.replication import Replication
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE = 16 * 1024 * 1024
+MAX_MESSAGE = MAX_REQUEST
 SESSION_TIMEOUT = 10.0  # a client not heard from for this long is logged out
 _TICK = 0.1
 _MIN_TICK = 0.002

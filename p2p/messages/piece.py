@@ -12,10 +12,13 @@ from typing import Any, ClassVar
 
 from p2p import codec
 from p2p.errors import LocalError, shown
-from p2p.messages.tracker import check_file_name, check_id
+from p2p.messages.tracker import MAX_SHARED_PIECES, check_file_name, check_id
 
 MAX_REQUEST = 64 * 1024  # requests are small; anything bigger is refused by the socket
 MAX_HAVE_INDICES = 4096  # per Have message: well inside MAX_REQUEST however large the indices
+# A reply's header frame: a peer's bitfield has a bit per piece, and at 64 KiB every
+# seeder of a file over 255 GiB was dropped as sending a malformed reply.
+MAX_REPLY_HEADER = MAX_REQUEST + (MAX_SHARED_PIECES + 7) // 8
 
 
 def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -150,7 +153,7 @@ def parse_reply(frames: list[Any]) -> Reply:
     """Decode a peer's reply, or raise LocalError(bad_request)."""
     if not frames:
         raise LocalError("empty peer reply", "bad_request")
-    obj = codec.decode(frames[0], max_size=MAX_REQUEST)
+    obj = codec.decode(frames[0], max_size=MAX_REPLY_HEADER)
     if not isinstance(obj, dict):
         raise LocalError("peer reply must be a map", "bad_request")
     kind, name = obj.get("t"), _field(obj, "name", str)

@@ -7,14 +7,46 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2p.errors import LocalError, shown
+from p2p.pieces import DIGEST_SIZE, PIECE_SIZE
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}\Z")
 MAX_PASSWORD = 1024
-# The largest tracker reply a client takes.  A tracker takes requests of up to 16 MiB
-# (trackers.server.MAX_MESSAGE), so a shared file's piece hashes can be that large,
-# and file_info answers with them plus the file's peers.  The codec's 4 MiB default
-# refused the file_info of any file over about 100 GiB as malformed.
-MAX_REPLY = 32 * 1024 * 1024
+# The largest request a tracker takes (its socket's MAXMSGSIZE and decode limit).  A
+# replicated event carries what its request carried, so trackers take events of this
+# size from each other and from their own log too.
+MAX_REQUEST = 16 * 1024 * 1024
+# The largest tracker reply a client takes: file_info answers with a shared file's piece
+# hashes (up to MAX_REQUEST) plus its peers, a partial one with its bitfield.  The
+# codec's 4 MiB default refused the file_info of any file over about 100 GiB.
+MAX_REPLY = 2 * MAX_REQUEST
+# Room in a share request, and in the event and catch-up batch that carry it, for all
+# but the piece hashes and the bitfield: ids, a name of up to 255 bytes, the token,
+# the event's envelope (a few hundred bytes in all; generous on purpose).
+_SHARE_ENVELOPE = 64 * 1024
+# The most pieces a shared file may have: the share of a partial download carries 20
+# bytes of hash and one bit of bitfield per piece, and must fit in MAX_REQUEST.  A
+# larger file's share never reached a tracker (its socket drops the message unread)
+# and the client said no tracker answered.
+MAX_SHARED_PIECES = (MAX_REQUEST - _SHARE_ENVELOPE) * 8 // (DIGEST_SIZE * 8 + 1)
+MAX_SHARED_SIZE = MAX_SHARED_PIECES * PIECE_SIZE  # 405.5 GiB
+
+
+def check_shareable(size: int, what: str = "the file") -> None:
+    """Refuse a file too large to be shared: LocalError ``file_too_large``."""
+    if size > MAX_SHARED_SIZE:
+        raise LocalError(f"{what} is {size_text(size)} ({size} bytes); the largest file "
+                         f"that can be shared is {size_text(MAX_SHARED_SIZE)} "
+                         f"({MAX_SHARED_SIZE} bytes)", "file_too_large")
+
+
+def size_text(n: int) -> str:
+    """A byte count as people read it: ``512 B``, ``1.5 MiB``, ``405.5 GiB``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
 
 
 # Tickets one check_tickets request may ask about: a serving peer sends what queued up
