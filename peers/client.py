@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import zmq
 
@@ -236,7 +236,8 @@ class Client:
         pieces = b"".join(digest.piece_hashes)
         before_share = self.registry.get((group, name))
         self._announce_share(group, name, digest.size, digest.sha1, pieces, path,
-                             trusted_mtime(before.st_mtime_ns, hashed_at))
+                             trusted_mtime(before.st_mtime_ns, hashed_at),
+                             listed_before=before_share is not None)
         try:
             self.registry.remember(SavedShare(user, group, name, str(path), digest.size,
                                               digest.sha1, pieces.hex(), before.st_mtime_ns,
@@ -253,11 +254,51 @@ class Client:
                 "pieces": len(digest.piece_hashes)}
 
     def _announce_share(self, group: str, name: str, size: int, sha1: str, pieces: bytes,
-                        path: Path, mtime_ns: int | None) -> None:
-        self.tracker.call("share", {"group": group, "name": name, "size": size, "sha1": sha1,
-                                    "pieces": pieces})
-        self.registry.put(Source((group, name), size, pieces, path, sha1=sha1,
-                                 mtime_ns=mtime_ns))
+                        path: Path, mtime_ns: int | None, *, listed_before: bool = False
+                        ) -> None:
+        """Register a complete file with the trackers, then serve it.
+
+        ``listed_before``: this client already shares the same file there, so a Ctrl-C
+        during the call changes nothing; otherwise see ``_withdraw_interrupted``.
+        """
+        source = Source((group, name), size, pieces, path, sha1=sha1, mtime_ns=mtime_ns)
+        try:
+            self.tracker.call("share", {"group": group, "name": name, "size": size,
+                                        "sha1": sha1, "pieces": pieces})
+        except KeyboardInterrupt:
+            if listed_before:
+                raise
+            self._withdraw_interrupted(source)
+        self.registry.put(source)
+
+    def _withdraw_interrupted(self, source: Source) -> NoReturn:
+        """Ctrl-C while a tracker was taking a share: the user wants it not shared, but
+        the tracker may have listed it, and a listed file that nobody serves has every
+        downloader refused.  So the call is settled (answered, so that no copy of it
+        still on its way can list it later) and the share withdrawn.  Where no tracker
+        confirms that (none answers, or Ctrl-C again), the file is served instead until
+        stop_share or logout, so that whatever a tracker lists is served."""
+        group, name = source.key
+        try:
+            self.tracker.settle()
+            self.tracker.call("unshare", {"group": group, "name": name})
+        except ProtocolError as exc:
+            # not_shared: the share never took; not_logged_in: the session, and with
+            # it every share of it, is gone.
+            if exc.code not in ("not_shared", "not_logged_in"):
+                self._serve_unconfirmed(source, str(exc))
+        except KeyboardInterrupt:
+            self._serve_unconfirmed(source, "interrupted again")
+        raise LocalError(f"interrupted: {name} is not shared in {group}", "interrupted")
+
+    def _serve_unconfirmed(self, source: Source, why: str) -> NoReturn:
+        """Serve a file a tracker may list, for want of a confirmed withdrawal.  Not
+        remembered: the next login does not share it again."""
+        self.registry.put(source)
+        group, name = source.key
+        raise LocalError(f"interrupted, but could not withdraw {name} ({why}): it is "
+                         f"shared in {group} until stop_share {group} {name} or logout",
+                         "interrupted")
 
     def list_files(self, group: str) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.group_call("list_files", group)
@@ -273,7 +314,10 @@ class Client:
         try:
             self.tracker.call("unshare", {"group": group, "name": name})
         except ProtocolError as exc:
-            if not (running and exc.code == "not_shared"):  # no piece yet: nothing listed
+            # not_shared, yet served here: no piece yet of a running download, or an
+            # upload whose withdrawal after a Ctrl-C could not be confirmed.
+            served_here = running or self.registry.get((group, name)) is not None
+            if not (served_here and exc.code == "not_shared"):
                 for download in running:
                     download.sharing = True
                 raise

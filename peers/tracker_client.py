@@ -55,6 +55,8 @@ class TrackerClient:
         self._last_answered = 0
         self._sock: zmq.Socket[Any] | None = None
         self._awaiting_reply = False  # _sock sent a request and has not read its reply
+        # (thread, payload, rid) of the request a Ctrl-C cut short, for settle()
+        self._interrupted: tuple[int, bytes, int] | None = None
         # Every exchange holds this: the REPL, ping, download and piece-server threads
         # share the one socket.
         self._lock = threading.Lock()
@@ -68,10 +70,32 @@ class TrackerClient:
         with self._lock:
             self._rid += 1
             request = Request(op, self.cid, self._rid, args or {}, self.token)
-            reply = self._exchange(codec.encode(request.to_wire()), request.rid)
+            payload = codec.encode(request.to_wire())
+            try:
+                reply = self._exchange(payload, request.rid)
+            except KeyboardInterrupt:
+                self._interrupted = (threading.get_ident(), payload, request.rid)
+                raise
+            if self._interrupted and self._interrupted[0] == threading.get_ident():
+                self._interrupted = None  # this thread has moved on without settling it
         if not reply.ok:
             raise RemoteError(reply.error, reply.code)
         return reply.result
+
+    def settle(self) -> None:
+        """Send again, with the same request id, the request that a Ctrl-C on this thread
+        cut short, and wait for its answer (whatever it says).
+
+        Until then a copy of it may still reach a tracker (one that was hung, say) and
+        take effect after anything sent since; once answered, trackers apply no copy of
+        it again.  Raises ProtocolError ``no_tracker`` as ``call`` does.
+        """
+        with self._lock:
+            interrupted = self._interrupted
+            if interrupted is None or interrupted[0] != threading.get_ident():
+                return
+            self._exchange(interrupted[1], interrupted[2])
+            self._interrupted = None
 
     def close(self, wait: bool = True) -> None:
         """Close the connection; with ``wait`` False, not if another thread's request

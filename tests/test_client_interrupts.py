@@ -19,7 +19,7 @@ import zmq
 
 from p2p import codec
 from p2p.config import TrackerAddress, load_tracker_info
-from p2p.errors import ProtocolError
+from p2p.errors import LocalError, ProtocolError
 from p2p.messages import piece as msg
 from p2p.pieces import PIECE_SIZE, piece_sha1
 from peers.client import Client
@@ -27,8 +27,8 @@ from peers.piece_server import PieceServer
 from peers.repl import Repl
 from peers.shares import Source
 from peers.tracker_client import TrackerClient
-from tests.files_support import client_without_trackers
-from tests.procs import ClientProc, Cluster, cluster, free_port, wait_for
+from tests.files_support import client_without_trackers, group_of, make_file, seeders
+from tests.procs import ClientProc, Cluster, cluster, free_port, tracker_events, wait_for
 from tests.test_replication_kit import wait_converged
 
 pytestmark = pytest.mark.timeout(90)
@@ -362,3 +362,85 @@ def test_a_second_ctrl_c_during_exit_still_quits(tmp_path: Path,
     finally:
         monkeypatch.undo()
         stranded.close()
+
+
+# --- Ctrl-C while a tracker takes an upload's share -----------------------------------
+
+def test_ctrl_c_while_the_tracker_takes_an_upload_leaves_it_not_shared(
+        one_tracker: Cluster, tmp_path: Path) -> None:
+    """The share request sits at the hung tracker when the user presses Ctrl-C; it takes
+    it once it wakes.  The file must not end up listed with nobody serving it."""
+    c = one_tracker
+    cl = group_of(c, ["alice", "bob"])
+    alice, bob = cl["alice"], cl["bob"]
+    path = tmp_path / "a" / "f.bin"
+    make_file(path, 3000)
+    c.tracker(1).signal(signal.SIGSTOP)
+    try:
+        alice.send(f"upload_file {path} g")
+        wait_for(lambda: waits_in_poll(alice), 12, "the share to wait for the hung tracker")
+        alice.proc.send_signal(signal.SIGINT)
+    finally:
+        c.tracker(1).signal(signal.SIGCONT)
+    answer = alice.answer("upload_file", timeout=20)
+    assert answer["code"] == "interrupted", answer
+    assert answer["error"] == "interrupted: f.bin is not shared in g", answer
+
+    def shared_events() -> list[str]:
+        return [e.type for e in tracker_events(c.tracker(1).data_dir)
+                if e.type in ("share", "unshare") and e.data.get("name") == "f.bin"]
+
+    # The tracker took the share (the request sent before the Ctrl-C, or the client's
+    # retry of it); whatever it did with it, it lists nothing alice does not serve.
+    wait_for(lambda: "share" in shared_events(), 10, "the tracker to take the share")
+    assert alice.ok("list_shares") == []
+    assert [f["name"] for f in bob.ok("list_files g")] == []
+    # And the file can be shared as usual afterwards.
+    alice.ok(f"upload_file {path} g")
+    assert seeders(bob, "g", "f.bin") == 1
+
+
+class HungShare:
+    """Stands in for the TrackerClient: the share is cut short by Ctrl-C, and no
+    tracker answers afterwards."""
+
+    def __init__(self, real: TrackerClient) -> None:
+        self.real = real
+        self.token: str | None = "t"
+        self.calls: list[str] = []
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        self.calls.append(op)
+        if op == "share":
+            raise KeyboardInterrupt
+        if op == "unshare" and "settle" not in self.calls:
+            raise AssertionError("unshare before the interrupted share was settled")
+        raise LocalError("no tracker answered within 8 s", "no_tracker")
+
+    def settle(self) -> None:
+        self.calls.append("settle")
+
+    def close(self, wait: bool = True) -> None:
+        self.real.close(wait)
+
+
+def test_an_interrupted_upload_no_tracker_takes_back_is_served(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a confirmed withdrawal a tracker may list the file: it is served then, so
+    that downloaders are not refused, until stop_share; and not shared at the next login."""
+    client = client_without_trackers(tmp_path, monkeypatch)
+    fake = HungShare(client.tracker)
+    client.tracker = fake  # type: ignore[assignment]
+    try:
+        client.user, client.registry.active = "alice", True
+        path = tmp_path / "f.bin"
+        make_file(path, 3000)
+        with pytest.raises(ProtocolError) as interrupted:
+            client.upload_file(str(path), "g")
+        assert interrupted.value.code == "interrupted"
+        assert "could not withdraw f.bin" in interrupted.value.message
+        assert fake.calls == ["share", "settle", "unshare"]
+        assert [(s["group"], s["name"]) for s in client.list_shares()] == [("g", "f.bin")]
+        assert client.registry.saved() == []  # not shared again at the next login
+    finally:
+        client.close(logout=False)
