@@ -12,7 +12,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -335,14 +335,31 @@ class Client:
 
     def download_file(self, group: str, name: str, destination: str) -> dict[str, Any]:
         self.require_login()
+        token = self.tracker.token
         shared = self.registry.get((group, name))
         if shared is not None and shared.partial is None:
             # A download would replace the complete file we serve with an empty partial.
             raise LocalError(f"you already share {name} in {group} (from {shared.path}); "
                              f"stop_share {group} {name} first to download it again",
                              "file_exists")
-        download = self.downloads.start(group, name, destination)
+        download = self.downloads.start(group, name, destination,
+                                        during=self._same_session(token))
         return {"group": group, "file": name, "path": str(download.final_path)}
+
+    @contextlib.contextmanager
+    def _same_session(self, token: str | None) -> Iterator[None]:
+        """Keep the session with ``token`` from ending here while the block runs, or
+        raise ``not_logged_in`` if it has ended already.
+
+        A download whose file_info was answered just before the trackers ended the
+        session would otherwise be added after the end paused every download, and run
+        on for a user no longer logged in (and be recorded as the next user's).
+        """
+        with self._session_lock:
+            if token is None or self.tracker.token != token:
+                raise LocalError("not logged in: the session ended before the download "
+                                 "could start; log in again", "not_logged_in")
+            yield
 
     def show_downloads(self) -> list[dict[str, Any]]:
         self.require_login()

@@ -6,6 +6,7 @@ next login of the same user resumes them, keeping every piece already verified.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -13,6 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +76,14 @@ class Downloads:
         self._all: list[Download] = []
 
     def start(self, group: str, name: str, destination: str | Path,
-              resolved: bool = False, sharing: bool = True) -> Download:
-        """Ask the tracker about the file and start fetching it in the background."""
+              resolved: bool = False, sharing: bool = True,
+              during: AbstractContextManager[object] | None = None) -> Download:
+        """Ask the tracker about the file and start fetching it in the background.
+
+        ``during``: entered once the tracker has answered, around recording the download
+        and starting it (the client checks there that the session it began under still
+        stands, and keeps it from ending until the download is in ``all()``).
+        """
         check_id(group, "group id")
         final = Path(destination) if resolved else resolve_destination(str(destination), name)
         with self._lock:
@@ -97,18 +105,19 @@ class Downloads:
             info = {**saved, "peers": []}
         if not info["peers"] and info["size"] > 0 and not resolved:
             raise LocalError(f"nobody else online shares {name} in {group}", "no_seeders")
-        try:  # recorded first: a download that could not be resumed must not start
-            resume.parent.mkdir(parents=True, exist_ok=True)
-            self._save_file(resume, info)
-            self._save_entry(group, name, final, sharing)
-        except OSError as exc:
-            raise LocalError(f"cannot record the download: {exc}", "io_error") from None
-        download = Download(self._host, group, name, final, resume, info)
-        download.sharing = sharing
-        with self._lock:
-            self._all = [d for d in self._all if d.final_path != final]
-            self._all.append(download)
-        download.start()
+        with during or contextlib.nullcontext():
+            try:  # recorded first: a download that could not be resumed must not start
+                resume.parent.mkdir(parents=True, exist_ok=True)
+                self._save_file(resume, info)
+                self._save_entry(group, name, final, sharing)
+            except OSError as exc:
+                raise LocalError(f"cannot record the download: {exc}", "io_error") from None
+            download = Download(self._host, group, name, final, resume, info)
+            download.sharing = sharing
+            with self._lock:
+                self._all = [d for d in self._all if d.final_path != final]
+                self._all.append(download)
+            download.start()
         return download
 
     def _resume_path(self, final: Path) -> Path:

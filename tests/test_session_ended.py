@@ -3,6 +3,7 @@ nothing of its user behind on that client for the next user who logs in there.""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from p2p.errors import RemoteError
+from p2p.errors import ProtocolError, RemoteError
 from peers.tracker_client import TrackerClient
 from tests.files_support import client_without_trackers, login, make_file
-from tests.procs import Cluster, cluster, wait_for
+from tests.procs import Cluster, cluster, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -147,4 +148,77 @@ def test_a_login_interrupted_by_ctrl_c_keeps_no_session_alive(
         # Ten ping intervals without a ping.
         assert not fake.pinged.wait(0.5), "a ping went out for the interrupted login"
     finally:
+        client.close(logout=False)
+
+
+# --- a download answered just before the session ends ----------------------------------
+
+class SlowFileInfo:
+    """Stands in for the TrackerClient: knows the tokens of live sessions, and holds its
+    answer to file_info until told (the trackers can end the session meanwhile)."""
+
+    def __init__(self, real: TrackerClient, peer: str) -> None:
+        self.real = real
+        self.peer = peer
+        self.token: str | None = None
+        self.live: set[str] = set()
+        self.asked = threading.Event()
+        self.release = threading.Event()
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        token = self.token
+        if op == "login":
+            assert token is not None
+            self.live.add(token)
+            return None
+        if op == "file_info":
+            self.asked.set()
+            self.release.wait(10)
+            # Answered: the session was live when the tracker took the request.
+            return {"group": "g", "name": "f.bin", "size": 3000, "sha1": "a" * 40,
+                    "pieces": bytes(20),
+                    "peers": [{"user": "bob", "addr": self.peer, "have": None,
+                               "ticket": "ab"}]}
+        if token not in self.live:
+            raise RemoteError("not logged in: use login <user_id> <password>", "not_logged_in")
+        return None
+
+    def close(self, wait: bool = True) -> None:
+        self.real.close(wait)
+
+
+def test_a_download_answered_as_the_session_ends_does_not_outlive_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    client = client_without_trackers(tmp_path, monkeypatch,
+                                     lambda name, data: events.append(name))
+    fake = SlowFileInfo(client.tracker, f"127.0.0.1:{free_port()}")  # nobody listens
+    client.tracker = fake  # type: ignore[assignment]
+    outcome: list[BaseException | dict[str, Any]] = []
+
+    def download() -> None:
+        try:
+            outcome.append(client.download_file("g", "f.bin", str(tmp_path)))
+        except BaseException as exc:  # the test looks at it
+            outcome.append(exc)
+
+    try:
+        client.login("alice", "pw")
+        thread = threading.Thread(target=download)
+        thread.start()
+        wait_for(fake.asked.is_set, 5, "the download's file_info call")
+        fake.live.clear()  # the trackers end the session while file_info is out
+        wait_for(lambda: "session_ended" in events, 5, "the ping thread to end the session")
+        fake.release.set()
+        thread.join(10)
+        assert len(outcome) == 1
+        refused = outcome[0]
+        assert isinstance(refused, ProtocolError) and refused.code == "not_logged_in", outcome
+        assert client.downloads.all() == []
+        assert not [t for t in threading.enumerate() if t.name.startswith("download")]
+        # Nothing recorded either, so no later login resumes it for the wrong user.
+        record = tmp_path / "data" / "downloads.json"
+        assert not record.exists() or json.loads(record.read_text())["downloads"] == []
+    finally:
+        fake.release.set()
         client.close(logout=False)
