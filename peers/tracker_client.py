@@ -5,6 +5,13 @@ trackers recognise it and it takes effect once, whichever tracker gets it.
 A failover is announced once, when another tracker than the last to answer
 answers (or, at first, than the first one listed): not on every failed
 attempt, and not at all while none answers.
+
+A tracker answers ``busy`` to a login or create_user while its password hashing is
+full.  That request did nothing there, so it is sent again like an unanswered one:
+same ids, the next tracker (another may have free slots; this one is loaded right
+now), a backoff with jitter after each full round, within the same deadline.  Leaving
+a busy tracker is no failover: it is alive, so no notice; only when the deadline
+passes does the caller get ``busy``.
 """
 
 from __future__ import annotations
@@ -27,7 +34,15 @@ from p2p.messages.tracker import MAX_REPLY, Reply, Request
 log = logging.getLogger(__name__)
 
 ATTEMPT_TIMEOUT = 0.4  # a tracker silent this long is skipped: failover well within 1 s
-GIVE_UP_AFTER = 8.0  # then the command fails with no_tracker
+GIVE_UP_AFTER = 8.0  # then the command fails with no_tracker (or busy, if one said so)
+BUSY = "busy"  # a tracker's code for "not now": its password hashing is full
+
+
+def round_backoff(round_no: int) -> float:
+    """Seconds to wait after the ``round_no``-th round (from 1) in which every tracker
+    was silent or busy: 0.05-0.1 s, doubling to 0.5-1 s, so that clients neither
+    stampede a tracker that comes back nor hammer one whose hashing is full."""
+    return min(1.0, 0.05 * 2**round_no) * random.uniform(0.5, 1.0)
 
 
 class TrackerClient:
@@ -53,6 +68,8 @@ class TrackerClient:
         self._current = 0
         # index of the tracker that answered last; at first the one a user expects
         self._last_answered = 0
+        # that tracker's last answer was busy: the client left it by choice, not failover
+        self._left_busy = False
         self._sock: zmq.Socket[Any] | None = None
         self._awaiting_reply = False  # _sock sent a request and has not read its reply
         # (thread, payload, rid) of the request a Ctrl-C cut short, for settle()
@@ -109,7 +126,8 @@ class TrackerClient:
 
     def _exchange(self, payload: bytes, rid: int) -> Reply:
         deadline = time.monotonic() + self._give_up_after
-        failures = 0
+        attempts = 0  # unanswered or answered busy
+        busy: Reply | None = None  # the last busy answer to this request
         while True:
             try:
                 reply = self._try(self._socket(), payload, rid)
@@ -118,32 +136,60 @@ class TrackerClient:
                 # the REQ socket owing a receive: every later send would fail with EFSM.
                 self._drop_socket()
                 raise
-            if reply is not None:
-                self._answered()
-                return reply
-            failures += 1
-            self._drop_socket()  # a REQ socket that timed out cannot be reused
+            attempts += 1
             previous = self.current
-            self._current = (self._current + 1) % len(self.trackers)
-            log.info("%s did not answer, trying %s", previous, self.current)
-            if time.monotonic() >= deadline:
+            if reply is None:
+                self._unanswered()
+                self._drop_socket()  # a REQ socket that timed out cannot be reused
+                self._move_on()
+                log.info("%s did not answer, trying %s", previous, self.current)
+            elif reply.ok or reply.code != BUSY:
+                self._answered(busy=False)
+                return reply
+            else:
+                # Refused before it did anything there: safe to send elsewhere as is.
+                busy = reply
+                self._answered(busy=True)
+                self._move_on()
+                log.info("%s is busy, trying %s", previous, self.current)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if busy is not None:  # a tracker is there, only loaded: say so
+                    raise RemoteError(f"{busy.error} (still busy after "
+                                      f"{self._give_up_after:.0f} s of retries)", BUSY)
                 raise LocalError(
                     f"no tracker answered within {self._give_up_after:.0f} s", "no_tracker"
                 )
-            if failures % len(self.trackers) == 0:
-                # A whole round failed: back off with jitter so clients don't stampede.
-                round_no = failures // len(self.trackers)
-                time.sleep(min(1.0, 0.05 * 2**round_no) * random.uniform(0.5, 1.0))
+            if attempts % len(self.trackers) == 0:
+                # A whole round failed: back off with jitter so clients don't stampede,
+                # nor hammer trackers busy hashing. KeyboardInterrupt here finds the
+                # socket clean: dropped, or holding the busy answer it has read.
+                time.sleep(min(left, round_backoff(attempts // len(self.trackers))))
 
-    def _answered(self) -> None:
-        """The current tracker answered: announce it if it replaces the last one that did.
+    def _move_on(self) -> None:
+        """Send the next attempt to the next tracker in the file (the same one if alone)."""
+        following = (self._current + 1) % len(self.trackers)
+        if following != self._current:
+            self._drop_socket()  # a REQ socket is connected to one tracker
+            self._current = following
+
+    def _unanswered(self) -> None:
+        """The current tracker was silent: if it answered last, leaving it is a failover."""
+        if self._current == self._last_answered:
+            self._left_busy = False
+
+    def _answered(self, busy: bool) -> None:
+        """The current tracker answered (``busy``: that it is): announce it if it
+        replaces the last one that answered, unless that one was left for being busy.
 
         Telling the user on every failed attempt flooded them while every tracker was
         down (both ways, every 0.4 s, from the ping thread too); what they care about is
-        which tracker now serves them.
+        which tracker now serves them because another stopped answering.  A busy
+        tracker is alive: "not answering" would be false, and nothing needs their care.
         """
         last, self._last_answered = self._last_answered, self._current
-        if self._on_failover is None or last == self._current:
+        left_busy, self._left_busy = self._left_busy, busy
+        if self._on_failover is None or last == self._current or left_busy:
             return
         try:
             self._on_failover(self.trackers[last], self.current)
