@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from typing import Any
 from unittest.mock import patch
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as hst
 
 from p2p import codec
@@ -602,3 +603,111 @@ def test_plan_never_raises(op: str, who: str | None, args: dict[str, Any]) -> No
     else:
         assert plan.rid == RID
         assert plan.ok or plan.code
+
+
+# --- a retry planned again by a tracker that lacks the first attempt's event ------------
+
+def _fake_hash(password: str, salt: bytes) -> bytes:
+    """A stand-in for scrypt with the same shape (salt, then digest): fast enough for
+    hypothesis, and different for different salts as the real record is."""
+    return salt + hashlib.sha256(salt + password.encode()).digest()
+
+
+TWIN_USERS = ("u0", "u1", "u2", "u3", "u4")
+TWIN_TOKENS = {user: f"twin-token-{user}" for user in TWIN_USERS}
+TWIN_GROUPS = ("g0", "g1", "g2")  # g2 does not exist at first
+TWIN_SHARE = {"size": 10, "sha1": SHA_A, "pieces": PIECES}
+
+
+def _twin_world() -> list[Event]:
+    """u0, u1, u2 logged in (u3, u4 not even users); u0 owns g0 with member u1, u2
+    asked to join g0; u1 owns g1 and shares a in it."""
+    log: list[Event] = []
+
+    def given(etype: str, **data: Any) -> None:
+        log.append(Event(3, len(log) + 1, len(log) + 1, "", 0, etype, data))
+
+    for user in TWIN_USERS[:3]:
+        given("create_user", user=user, pw=_fake_hash(f"pw-{user}", b"0" * SALT_BYTES))
+        given("login", user=user, sid=session_id(TWIN_TOKENS[user]), cid=f"cid-{user}",
+              addr=f"{user}.lan:1")
+    given("create_group", group="g0", user="u0")
+    given("join_group", group="g0", user="u1")
+    given("accept_request", group="g0", user="u0", member="u1")
+    given("join_group", group="g0", user="u2")
+    given("create_group", group="g1", user="u1")
+    given("share", sid=session_id(TWIN_TOKENS["u1"]), group="g1", name="a", have=None,
+          **TWIN_SHARE)
+    return log
+
+
+twin_request = hst.one_of(
+    hst.tuples(hst.just("create_user"), hst.sampled_from(TWIN_USERS), hst.just({})),
+    hst.tuples(hst.just("login"), hst.sampled_from(TWIN_USERS), hst.just({})),
+    hst.tuples(hst.just("logout"), hst.sampled_from(TWIN_USERS), hst.just({})),
+    *(hst.tuples(hst.just(op), hst.sampled_from(TWIN_USERS),
+                 hst.fixed_dictionaries({"group": hst.sampled_from(TWIN_GROUPS)}))
+      for op in ("create_group", "join_group", "leave_group")),
+    *(hst.tuples(hst.just(op), hst.sampled_from(TWIN_USERS),
+                 hst.fixed_dictionaries({"group": hst.sampled_from(TWIN_GROUPS),
+                                         "user": hst.sampled_from(TWIN_USERS)}))
+      for op in ("accept_request", "reject_request")),
+    *(hst.tuples(hst.just(op), hst.sampled_from(TWIN_USERS),
+                 hst.fixed_dictionaries({"group": hst.sampled_from(TWIN_GROUPS),
+                                         "name": hst.sampled_from(["a", "b"])}))
+      for op in ("share", "unshare")),
+)
+
+
+def _twin_args(op: str, user: str, args: dict[str, Any]) -> dict[str, Any]:
+    if op in ("create_user", "login"):
+        args = {"user": user, "password": f"pw-{user}", "addr": f"{user}.lan:1"}
+    return args | TWIN_SHARE if op == "share" else args
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=hst.lists(hst.tuples(twin_request, hst.booleans(), hst.booleans()),
+                       min_size=3, max_size=30))
+@example(steps=[  # every kind of write, each retried, tracker 2's event sorting either way
+    (("create_user", "u3", {}), True, False), (("login", "u3", {}), True, True),
+    (("join_group", "u3", {"group": "g0"}), True, False),
+    (("accept_request", "u0", {"group": "g0", "user": "u3"}), True, True),
+    (("reject_request", "u0", {"group": "g0", "user": "u2"}), True, False),
+    (("share", "u3", {"group": "g0", "name": "b"}), True, True),
+    (("unshare", "u3", {"group": "g0", "name": "b"}), True, False),
+    (("create_group", "u3", {"group": "g2"}), True, True),
+    (("leave_group", "u0", {"group": "g0"}), True, False),  # u1 takes g0 over
+    (("leave_group", "u1", {"group": "g1"}), True, True),  # g1 is left empty: it goes
+    (("logout", "u1", {}), True, False),
+])
+def test_a_retry_planned_at_a_tracker_lacking_the_first_event_takes_effect_once(
+        steps: list[tuple[tuple[str, str, dict[str, Any]], bool, bool]]) -> None:
+    """Tracker 1 makes an event of a request and its answer is lost; the client retries
+    at tracker 2, which has not got that event and plans the request again (with its
+    own salt).  Tracker 2 must accept it as tracker 1 did (the user is told ok, not
+    ``user_exists``/``already_member``...), and the log holding both events, in either
+    order, must fold to the state of the log holding only the first of them."""
+    every = _twin_world()
+    firsts = list(every)
+    state = st.fold(every)
+    for rid, ((op, user, args), retried, twin_sorts_first) in enumerate(steps, start=1):
+        req = Request(op, f"cid-{user}", rid, _twin_args(op, user, args), TWIN_TOKENS[user])
+        first = commands.plan(state, req, Context(b"1" * SALT_BYTES, _fake_hash))
+        if not isinstance(first, Write):
+            continue
+        made = [Event(1, rid, 100 + 10 * rid, req.cid, rid, first.type, first.data)]
+        if retried:
+            again = commands.plan(state, req, Context(b"2" * SALT_BYTES, _fake_hash))
+            assert isinstance(again, Write), (req, again)  # the user is told ok
+            assert again.type == first.type
+            assert {k: v for k, v in again.data.items() if k != "pw"} == \
+                {k: v for k, v in first.data.items() if k != "pw"}
+            # tracker 2's clock may be ahead or behind: its event sorts next to the first
+            twin_ts = 100 + 10 * rid + (-1 if twin_sorts_first else 1)
+            made.append(Event(2, rid, twin_ts, req.cid, rid, again.type, again.data))
+        made.sort(key=lambda e: e.key)
+        outcomes = [st.apply(state, event) for event in made]
+        assert outcomes[0].ok and len(set(outcomes)) == 1, outcomes
+        every += made
+        firsts.append(made[0])
+    assert st.digest(st.fold(every)) == st.digest(st.fold(firsts)) == st.digest(state)

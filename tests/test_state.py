@@ -327,6 +327,32 @@ def test_duplicate_request_changes_nothing_and_keeps_the_first_outcome() -> None
     assert st.outcome_of(s, "cc", 5) == first
 
 
+@pytest.mark.parametrize("second_sorts_first", [False, True])
+def test_create_user_made_again_by_a_retry_keeps_one_record(second_sorts_first: bool) -> None:
+    # Tracker 1 made the user with its salt; the client's retry reached tracker 2 before
+    # that event did, and tracker 2 made it again with another salt.  Whichever event
+    # sorts first holds the record; the other is the same request, not user_exists.
+    one = event("create_user", {"user": "zed", "pw": b"salt-1 hash-1"}, cid="cz", rid=1,
+                ts=100, origin=1, seq=1)
+    two = event("create_user", {"user": "zed", "pw": b"salt-2 hash-2"}, cid="cz", rid=1,
+                ts=99 if second_sorts_first else 101, origin=2, seq=1)
+    s = st.fold([one, two])
+    assert s.users == {"zed": two.data["pw"] if second_sorts_first else one.data["pw"]}
+    assert st.outcome_of(s, "cz", 1) == st.OK
+    assert st.digest(s) == st.digest(st.fold([two, one]))
+
+
+def test_login_made_again_by_a_retry_is_one_session() -> None:
+    s = world()
+    data = {"user": "dave", "sid": "s-dave", "cid": "c-dave", "addr": "dave:1"}
+    assert st.apply(s, event("login", data, cid="c-dave", rid=3, origin=1)).ok
+    after = st.digest(s)
+    # not already_logged_in: the same request, made again by another tracker
+    assert st.apply(s, event("login", data, cid="c-dave", rid=3, origin=2)) == st.OK
+    assert st.digest(s) == after
+    assert [x.user for x in s.sessions.values()].count("dave") == 1
+
+
 def test_duplicate_of_a_failed_request_keeps_the_failure() -> None:
     s = world()
     data = {"group": "g3", "user": "carol"}
