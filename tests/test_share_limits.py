@@ -16,6 +16,8 @@ from p2p.errors import ProtocolError
 from p2p.messages import piece as msg
 from p2p.messages.sync import Batch, Event, encode_sync
 from p2p.messages.tracker import (
+    MAX_FILE_INFO_REPLY,
+    MAX_LISTED_PEERS,
     MAX_REPLY,
     MAX_REQUEST,
     MAX_SHARED_PIECES,
@@ -27,6 +29,9 @@ from p2p.pieces import Bitfield, piece_count
 from peers.tracker_client import TrackerClient
 from tests.files_support import group_of, seeders
 from tests.procs import Cluster, cluster, free_port
+from trackers import commands
+from trackers import state as st
+from trackers.commands import session_id
 from trackers.log import EventLog
 
 pytestmark = pytest.mark.timeout(120)
@@ -72,17 +77,46 @@ def test_every_message_carrying_the_largest_file_fits_its_limit(tmp_path: Path) 
         assert log.since({}) == [event]
     finally:
         log.close()
-    # file_info: the hashes and a hundred partial holders.
+    # file_info: the hashes and as many partial holders as it lists (see below for more).
     peer = {"user": LONG_ID, "addr": "h" * 253 + ":65535", "have": share["have"],
             "ticket": "f" * 64}
     info = {"group": LONG_ID, "name": NAME, "size": MAX_SHARED_SIZE, "sha1": "a" * 40,
-            "pieces": share["pieces"], "peers": [peer] * 100}
-    assert len(codec.encode(Reply(2**63 - 1, True, info).to_wire())) <= MAX_REPLY
+            "pieces": share["pieces"], "peers": [peer] * MAX_LISTED_PEERS}
+    reply = len(codec.encode(Reply(2**63 - 1, True, info).to_wire()))
+    assert reply <= MAX_FILE_INFO_REPLY <= MAX_REPLY
     # A peer's bitfield of it reaches the downloader.
     frames = msg.bitfield_frame(NAME, Bitfield.full(MAX_SHARED_PIECES).to_bytes())
     have = msg.parse_reply(frames)
     assert isinstance(have, msg.Have) and have.bits is not None
     assert Bitfield.from_bytes(MAX_SHARED_PIECES, have.bits).complete
+
+
+def test_file_info_of_the_largest_file_with_200_partial_holders_fits_max_reply() -> None:
+    """Listing every holder, 163 partial copies of the largest file (104 KB of bitfield
+    each) took the reply over MAX_REPLY: every downloader was told no_tracker."""
+    share = {**biggest_share(), "group": "g"}
+    state = st.State()
+
+    def given(etype: str, **data: Any) -> None:
+        assert st.apply(state, Event(1, 1, 1, "", 0, etype, data)).ok
+
+    users = [f"{'u' * 60}{i:04}" for i in range(201)]  # the longest ids there are
+    for port, user in enumerate(users, start=10000):
+        sid = session_id(f"token-{user}")
+        given("create_user", user=user, pw=b"x")
+        given("login", user=user, sid=sid, cid=user, addr=f"{'h' * 253}:{port}")
+        if user == users[0]:
+            given("create_group", group="g", user=user)
+            continue
+        given("join_group", group="g", user=user)
+        given("accept_request", group="g", user=users[0], member=user)
+        given("share", **{**share, "sid": sid})
+    req = Request("file_info", "c" * 64, 2**63 - 1, {"group": "g", "name": NAME},
+                  f"token-{users[0]}")
+    reply = commands.plan(state, req, commands.Context(salt=bytes(16)))
+    assert isinstance(reply, Reply) and reply.ok, reply
+    assert len(codec.encode(reply.to_wire())) <= MAX_REPLY
+    assert 0 < len(reply.result["peers"]) <= MAX_LISTED_PEERS
 
 
 def test_trackers_take_keep_and_replicate_the_largest_share_and_refuse_more(

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from p2p.errors import LocalError
 from p2p.messages.tracker import (
+    MAX_LISTED_PEERS,
     MAX_PASSWORD,
     MAX_TICKETS_PER_CHECK,
     Reply,
@@ -274,13 +276,35 @@ def _unshare(state: st.State, req: Request, ctx: Context) -> Plan:
     return _write_checked(state, req, "unshare", data)
 
 
+def choose_peers(holders: Mapping[str, bytes | None], seed: bytes, cap: int) -> list[str]:
+    """Which of ``holders`` (sid -> bitfield, None for all of the file) a file_info
+    lists: at most ``cap``, complete seeders first, then partial holders; a random
+    sample of each where there are more, drawn from ``seed`` (so the choice is pure).
+
+    Seeders take every slot that partial holders leave free, and at least half: they
+    have every piece, so they are what a download needs first.  The other half is kept
+    for partial holders where there are any: they are the ones that need each other's
+    pieces, and what they serve spares the seeders."""
+    rng = random.Random(hashlib.sha256(seed).digest())
+    seeders = sorted(h for h, have in holders.items() if have is None)
+    partials = sorted(h for h, have in holders.items() if have is not None)
+    cap = max(cap, 0)
+    taken = min(len(seeders), max(cap - cap // 2, cap - len(partials)))
+    return rng.sample(seeders, taken) + rng.sample(partials, min(len(partials), cap - taken))
+
+
 def _file_info(state: st.State, req: Request, ctx: Context) -> Plan:
+    """The file's hashes and some of its online holders, each with a ticket for it.
+
+    The sample is drawn from the request itself: a retry is told the same peers, each
+    downloader different ones, and each of its refreshes (a new rid) others again."""
     sid, group, name, record = _file(state, req)
+    online = {h: have for h, have in record.holders.items() if h != sid and h in state.sessions}
+    seed = b"\0".join([sid.encode(), str(req.rid).encode(), group.encode(), name.encode()])
     peers = [
-        {"user": state.sessions[h].user, "addr": state.sessions[h].addr, "have": have,
+        {"user": state.sessions[h].user, "addr": state.sessions[h].addr, "have": online[h],
          "ticket": ticket_for(sid, group, state.sessions[h].addr)}
-        for h, have in sorted(record.holders.items())
-        if h != sid and h in state.sessions
+        for h in choose_peers(online, seed, MAX_LISTED_PEERS)
     ]
     return _ok(req, {"group": group, "name": name, "size": record.size, "sha1": record.sha1,
                      "pieces": record.pieces, "peers": peers})

@@ -29,6 +29,20 @@ _SHARE_ENVELOPE = 64 * 1024
 # and the client said no tracker answered.
 MAX_SHARED_PIECES = (MAX_REQUEST - _SHARE_ENVELOPE) * 8 // (DIGEST_SIZE * 8 + 1)
 MAX_SHARED_SIZE = MAX_SHARED_PIECES * PIECE_SIZE  # 405.5 GiB
+# The most peers one file_info reply lists (BitTorrent trackers hand out 50 by default).
+# A downloader asks again every 2 s and keeps the peers it met, so it meets others over
+# time; 50 sources at once already keep its pipelines full.  Listing every member made
+# the reply grow with the group: 163 partial holders of the largest file (104 KB of
+# bitfield each) took it over MAX_REPLY, and every downloader was told no_tracker.
+MAX_LISTED_PEERS = 50
+# Room per listed peer for all but its bitfield: user id (64 bytes), address (up to 259),
+# ticket (64), the keys and msgpack headers (some 40 bytes; generous on purpose).
+_PEER_ENVELOPE = 1024
+# The largest file_info reply: the largest file's piece hashes with room for the rest of
+# the reply, and every listed peer a partial holder with a bitfield of all its pieces.
+MAX_FILE_INFO_REPLY = (DIGEST_SIZE * MAX_SHARED_PIECES + _SHARE_ENVELOPE
+                       + MAX_LISTED_PEERS * ((MAX_SHARED_PIECES + 7) // 8 + _PEER_ENVELOPE))
+assert MAX_FILE_INFO_REPLY <= MAX_REPLY, "file_info of the largest file would be refused"
 
 
 def check_shareable(size: int, what: str = "the file") -> None:
