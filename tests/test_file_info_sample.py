@@ -1,17 +1,31 @@
 """file_info lists a bounded sample of a file's holders: seeders first, then partial
 holders at random, a different sample for each downloader and for each of its refreshes.
+
+The choice is pure (tested on a state), and a download in this process, its tracker
+answering with the real file_info from a cap of 2, still meets every peer it needs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
+from p2p.errors import LocalError
+from p2p.messages import piece as msg
 from p2p.messages.sync import Event
 from p2p.messages.tracker import MAX_LISTED_PEERS, Reply, Request
-from p2p.pieces import PIECE_SIZE, Bitfield
+from p2p.pieces import PIECE_SIZE, Bitfield, piece_sha1
+from peers import download as download_mod
+from peers.download import Download
+from tests.files_support import OfflineHost
+from tests.procs import free_port, wait_for
 from trackers import commands
 from trackers import state as st
 from trackers.commands import Context, choose_peers, session_id, ticket_for
@@ -136,3 +150,146 @@ def test_choose_peers_with_a_small_cap() -> None:
     assert sorted(choose_peers(holders, b"a", 100)) == sorted(holders)
     assert choose_peers({}, b"a", 4) == []
     assert choose_peers(holders, b"a", 0) == []
+
+
+# --- a download whose tracker lists 2 peers at a time -----------------------------------
+
+COUNT = 6
+DATA = bytes(range(256)) * (COUNT * PIECE_SIZE // 256)
+SHA1 = hashlib.sha1(DATA).hexdigest()
+HASHES = b"".join(piece_sha1(DATA[i:i + PIECE_SIZE]) for i in range(0, len(DATA), PIECE_SIZE))
+
+
+class OnePiecePeer(threading.Thread):
+    """A member that holds piece ``index`` of f.bin and nothing else."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(daemon=True)
+        self.index = index
+        self.port = free_port()
+        self.hellos = 0
+        self.ready = threading.Event()
+        self.stop = threading.Event()
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def run(self) -> None:
+        sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(f"tcp://{self.addr}")
+        self.ready.set()
+        bits = Bitfield(COUNT)
+        bits.add(self.index)
+        try:
+            while not self.stop.is_set():
+                if not sock.poll(20):
+                    continue
+                ident, body = sock.recv_multipart()
+                request = msg.parse_request(body)
+                if isinstance(request, msg.Hello):
+                    self.hellos += 1
+                    sock.send_multipart([ident, *msg.bitfield_frame("f.bin", bits.to_bytes())])
+                elif isinstance(request, msg.Get) and request.index == self.index:
+                    start = self.index * PIECE_SIZE
+                    sock.send_multipart([ident, msg.piece_frames("f.bin", self.index),
+                                         DATA[start:start + PIECE_SIZE]])
+        finally:
+            sock.close(0)
+
+
+class PlannedTracker(OfflineHost):
+    """A tracker in this process: file_info is the real command, on a state where each
+    peer shares the piece it holds."""
+
+    def __init__(self, peers: list[OnePiecePeer]) -> None:
+        self.state = st.State()
+        self.rid = itertools.count(1)
+        self.listed: list[set[str]] = []
+        _given(self.state, "create_user", user="bob", pw=b"x")
+        _given(self.state, "login", user="bob", sid=session_id("token-bob"), cid="cid-bob",
+               addr="127.0.0.1:1")
+        _given(self.state, "create_group", group="g", user="bob")
+        for peer in peers:
+            user = f"peer{peer.index}"
+            _given(self.state, "create_user", user=user, pw=b"x")
+            _given(self.state, "login", user=user, sid=f"sid-{user}", cid=f"cid-{user}",
+                   addr=peer.addr)
+            _given(self.state, "join_group", group="g", user=user)
+            _given(self.state, "accept_request", group="g", user="bob", member=user)
+            bits = Bitfield(COUNT)
+            bits.add(peer.index)
+            _given(self.state, "share", sid=f"sid-{user}", group="g", name="f.bin",
+                   size=len(DATA), sha1=SHA1, pieces=HASHES, have=bits.to_bytes())
+
+    def tracker_call(self, op: str, args: dict[str, Any]) -> Any:
+        if op != "file_info":
+            raise LocalError("not in this test", "bad_request")
+        reply = commands.plan(self.state, Request(op, "cid-bob", next(self.rid), args,
+                                                  "token-bob"), CTX)
+        assert isinstance(reply, Reply) and reply.ok, reply
+        self.listed.append({peer["addr"] for peer in reply.result["peers"]})
+        return reply.result
+
+
+@pytest.fixture
+def one_piece_peers() -> Iterator[list[OnePiecePeer]]:
+    peers = [OnePiecePeer(i) for i in range(COUNT)]
+    for peer in peers:
+        peer.start()
+        assert peer.ready.wait(5)
+    yield peers
+    for peer in peers:
+        peer.stop.set()
+        peer.join(5)
+
+
+def test_a_download_meets_more_peers_than_one_reply_lists(
+        one_piece_peers: list[OnePiecePeer], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Six peers hold one piece each and the tracker lists two at a time: the download
+    completes only by keeping the peers it met and adding the ones each refresh lists."""
+    monkeypatch.setattr(commands, "MAX_LISTED_PEERS", 2)
+    monkeypatch.setattr(download_mod, "REFRESH_EVERY", 0.1)
+    tracker = PlannedTracker(one_piece_peers)
+    d = Download(tracker, "g", "f.bin", tmp_path / "f.bin", tmp_path / "resume.json",
+                 tracker.tracker_call("file_info", {"group": "g", "name": "f.bin"}))
+    d.start()
+    try:
+        assert d.wait(40), d.snapshot()
+    finally:
+        d.stop()
+    assert d.state == "complete", d.snapshot()
+    assert (tmp_path / "f.bin").read_bytes() == DATA
+    assert d.sources == {peer.addr: 1 for peer in one_piece_peers}
+    assert all(len(addrs) <= 2 for addrs in tracker.listed)
+    # A peer met once is kept, not dialled again each time the tracker lists it.
+    assert all(peer.hellos == 1 for peer in one_piece_peers), [p.hellos for p in
+                                                                one_piece_peers]
+
+
+def test_a_download_keeps_peers_the_tracker_no_longer_lists(
+        one_piece_peers: list[OnePiecePeer], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """More peers connected at once than any reply lists: none is dropped for being left
+    off the latest list (each holds a piece nobody else has, so none could go)."""
+    monkeypatch.setattr(commands, "MAX_LISTED_PEERS", 2)
+    monkeypatch.setattr(download_mod, "REFRESH_EVERY", 0.1)
+    peers = one_piece_peers
+    for peer in peers[1:]:
+        peer.stop.set()  # they hold a piece each but never answer: the download waits
+        peer.join(5)
+    tracker = PlannedTracker(peers)
+    d = Download(tracker, "g", "f.bin", tmp_path / "f.bin", tmp_path / "resume.json",
+                 tracker.tracker_call("file_info", {"group": "g", "name": "f.bin"}))
+    d.start()
+    try:
+        wait_for(lambda: d.sources.get(peers[0].addr) == 1, 20, "the one live peer's piece")
+        after = len(tracker.listed)
+        wait_for(lambda: len(tracker.listed) > after + 3
+                 and any(peers[0].addr not in addrs for addrs in tracker.listed[after:]),
+                 20, "refreshes that leave the live peer out")
+        assert d.snapshot()["peers"] == 1 and peers[0].hellos == 1, d.snapshot()
+    finally:
+        d.stop()
