@@ -132,8 +132,9 @@ class PieceServer:
         self._tell_at: float | None = None
         self._tickets = TicketCache()
         self._checker = TicketChecker(lambda asked: self._check_tickets(asked), self._wake)
-        # hellos waiting for a tracker's answer, by the credentials they came with
-        self._waiting: dict[Credentials, dict[tuple[bytes, Key], msg.Hello]] = {}
+        # hellos waiting for a tracker's answer, by the credentials they came with, each
+        # with the address it came from (what a refusal's log line is counted by)
+        self._waiting: dict[Credentials, dict[tuple[bytes, Key], tuple[msg.Hello, str]]] = {}
         self._watched: set[Key] = set()  # files some downloader opened (read by announce)
         # identity -> files it opened, with the credentials each Get is checked against;
         # LRU so a flood of connections stays bounded
@@ -288,13 +289,13 @@ class PieceServer:
             self._send(ident, msg.refused_frame("", exc.code, str(exc)))
             return
         if isinstance(request, msg.Hello):
-            self._hello(ident, request)
+            self._hello(ident, request, source)
         elif isinstance(request, msg.Get):
             self._get(ident, request)
         else:
             self._cancel(ident, request)
 
-    def _hello(self, ident: bytes, hello: msg.Hello) -> None:
+    def _hello(self, ident: bytes, hello: msg.Hello, address: str) -> None:
         key = (hello.group, hello.name)
         source = self.registry.get(key)
         if source is None or hello.sha1 != source.sha1:
@@ -312,7 +313,7 @@ class PieceServer:
                 or sum(map(len, self._waiting.values())) >= MAX_DOWNLOADERS):
             self._refuse(ident, hello.name, "busy", "too many tickets to check: try again soon")
             return
-        self._waiting.setdefault(credentials, {})[(ident, key)] = hello
+        self._waiting.setdefault(credentials, {})[(ident, key)] = (hello, address)
         self._ask(credentials)
 
     def _open(self, ident: bytes, hello: msg.Hello) -> None:
@@ -344,21 +345,23 @@ class PieceServer:
             if trusted:
                 if verdict is None:  # good when asked: served on rather than cut at once
                     log.warning("serving %s on without a tracker to re-check", user)
-                for (ident, _key), hello in hellos.items():
+                for (ident, _key), (hello, _address) in hellos.items():
                     self._open(ident, hello)
                 continue
             if verdict is None:
-                for (ident, _key), hello in hellos.items():  # the downloader tries again soon
+                for (ident, _key), (hello, _address) in hellos.items():  # tries again soon
                     self._refuse(ident, hello.name, "no_tracker",
                                  "cannot check the ticket now: try again soon")
                 continue
             openings = [(ident, key) for ident, opened in self._opened.items()
                         for key, c in opened.items() if c == credentials]
-            if hellos:  # anyone can make tickets up by the thousand
-                self._bad.warning("refused tickets", f"{user} for {group}",
-                                  "refused %s: a tracker does not vouch for its ticket for %s "
-                                  "(not a member, or not logged in)", user, group)
-            for (ident, _key), hello in hellos.items():
+            # Counted by the address they came from, not by the user they name: anyone
+            # with the file's SHA1 can make up a user, and a ticket, for every hello.
+            for address in {address for _hello, address in hellos.values()}:
+                self._bad.warning("refused tickets", address,
+                                  "refused %s from %s: a tracker does not vouch for its ticket "
+                                  "for %s (not a member, or not logged in)", user, address, group)
+            for (ident, _key), (hello, _address) in hellos.items():
                 self._refuse(ident, hello.name, "not_member",
                              f"{user} may not download from group {group}")
             for ident, key in openings:

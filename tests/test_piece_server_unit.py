@@ -715,3 +715,29 @@ def test_memory_is_given_back_once_serving_has_been_idle_a_while(
         wait_for(lambda: len(released) == 2, 5, "a second release after the next idle spell")
     finally:
         s.close()
+
+
+def test_made_up_users_from_one_address_get_a_few_log_lines_not_one_each(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone who knows a shared file's SHA1 can send hellos with tickets made up for a
+    new user each time; the refusals are logged within the bounds of one address, not
+    of one line per made-up user (the log's source table holds 64 of those)."""
+    s = Served(tmp_path, limit=None)
+    s.server._check_tickets = one_by_one(lambda *_credentials: False)
+    s.server.start()
+    sock = s.connect()
+    users = 100
+    try:
+        with caplog.at_level("WARNING", logger=piece_server.log.name):
+            for i in range(users):
+                send(sock, msg.Hello(*KEY, s.sha1, f"eve{i}", "t"))
+            answers = [reply(sock, 5) for _ in range(users)]
+            assert all(isinstance(a, msg.Refused) and a.code == "not_member"
+                       for a in answers), answers
+        refused = [r.getMessage() for r in caplog.records
+                   if r.getMessage().startswith("refused eve")]
+        assert 1 <= len(refused) <= piece_server.BoundedLog(piece_server.log).budget.burst, (
+            len(refused), refused[:8])
+        assert all("127.0.0.1" in line for line in refused), refused[:3]
+    finally:
+        s.close()
