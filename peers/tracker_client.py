@@ -127,7 +127,9 @@ class TrackerClient:
     def _exchange(self, payload: bytes, rid: int) -> Reply:
         deadline = time.monotonic() + self._give_up_after
         attempts = 0  # unanswered or answered busy
-        busy: Reply | None = None  # the last busy answer to this request
+        # tracker index -> its busy answer to this request, while its latest answer; one
+        # silent since is not said to be busy at the deadline: it may be dead
+        busy: dict[int, Reply] = {}
         while True:
             try:
                 reply = self._try(self._socket(), payload, rid)
@@ -139,6 +141,7 @@ class TrackerClient:
             attempts += 1
             previous = self.current
             if reply is None:
+                busy.pop(self._current, None)
                 self._unanswered()
                 self._drop_socket()  # a REQ socket that timed out cannot be reused
                 self._move_on()
@@ -148,14 +151,15 @@ class TrackerClient:
                 return reply
             else:
                 # Refused before it did anything there: safe to send elsewhere as is.
-                busy = reply
+                busy[self._current] = reply
                 self._answered(busy=True)
                 self._move_on()
                 log.info("%s is busy, trying %s", previous, self.current)
             left = deadline - time.monotonic()
             if left <= 0:
-                if busy is not None:  # a tracker is there, only loaded: say so
-                    raise RemoteError(f"{busy.error} (still busy after "
+                if busy:  # a tracker is there, only loaded: say so
+                    said = next(iter(busy.values()))
+                    raise RemoteError(f"{said.error} (still busy after "
                                       f"{self._give_up_after:.0f} s of retries)", BUSY)
                 raise LocalError(
                     f"no tracker answered within {self._give_up_after:.0f} s", "no_tracker"

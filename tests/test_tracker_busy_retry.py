@@ -204,3 +204,27 @@ def test_ctrl_c_during_the_busy_backoff_interrupts_and_the_next_call_works(
         timer.cancel()
         tracker.close()
     assert [req.rid for _, req in fake.requests].count(2) == 1
+
+
+def test_a_tracker_that_said_busy_and_then_went_silent_is_no_tracker_at_the_deadline(
+        fakes: Callable[..., FakeTracker]) -> None:
+    """Busy once, then gone (killed, or hung): for the rest of the request's time nobody
+    answers, and "still busy after 2 s of retries" would send the user to try again
+    against trackers that are down.  A busy tracker that is still there is a busy one."""
+    holder: list[FakeTracker] = []
+
+    def busy_then_gone(n: int, req: Request) -> Reply:
+        holder[0]._halt.set()  # the busy reply still goes out; then it answers no more
+        return Reply.failure(req.rid, "busy", BUSY_ERROR)
+
+    fake = fakes(busy_then_ok(10**9))
+    holder.append(fake)
+    fake.answer = busy_then_gone
+    tracker = TrackerClient([fake.address, silent(2)], give_up_after=2.0)
+    try:
+        with pytest.raises(ProtocolError) as failed:
+            tracker.call("login")
+    finally:
+        tracker.close()
+    assert len(fake.requests) == 1
+    assert failed.value.code == "no_tracker", failed.value
