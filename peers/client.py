@@ -153,6 +153,12 @@ class Client:
                                      trusted_mtime(saved.mtime_ns, saved.hashed_at_ns))
                 reshared.append(label)
             except (ProtocolError, ValueError, TypeError) as exc:  # also a garbled record
+                if isinstance(exc, ProtocolError) and exc.code == "interrupted":
+                    # Ctrl-C stops the login, as any command: going on to the next file
+                    # (8 s each with slow trackers) would make it take longer instead.
+                    raise LocalError(f"{exc.message}; logged in as {user}, but the rest "
+                                     "of the saved shares and unfinished downloads resume "
+                                     "only at the next login", "interrupted") from None
                 dropped.append(label)
                 self.notify("share_dropped", {"group": saved.group, "file": saved.name,
                                               "message": f"not sharing {label}: {exc}"})

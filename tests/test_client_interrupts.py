@@ -19,13 +19,13 @@ import zmq
 
 from p2p import codec
 from p2p.config import TrackerAddress, load_tracker_info
-from p2p.errors import LocalError, ProtocolError
+from p2p.errors import LocalError, ProtocolError, RemoteError
 from p2p.messages import piece as msg
 from p2p.pieces import PIECE_SIZE, piece_sha1
 from peers.client import Client
 from peers.piece_server import PieceServer
 from peers.repl import Repl
-from peers.shares import Source
+from peers.shares import SavedShare, Source
 from peers.tracker_client import TrackerClient
 from tests.files_support import client_without_trackers, group_of, make_file, seeders
 from tests.procs import ClientProc, Cluster, cluster, free_port, tracker_events, wait_for
@@ -442,5 +442,56 @@ def test_an_interrupted_upload_no_tracker_takes_back_is_served(
         assert fake.calls == ["share", "settle", "unshare"]
         assert [(s["group"], s["name"]) for s in client.list_shares()] == [("g", "f.bin")]
         assert client.registry.saved() == []  # not shared again at the next login
+    finally:
+        client.close(logout=False)
+
+
+class InterruptedReshare:
+    """Stands in for the TrackerClient at a login: the first share of a saved file is
+    cut short by Ctrl-C; every other request is taken."""
+
+    def __init__(self, real: TrackerClient) -> None:
+        self.real = real
+        self.token: str | None = None
+        self.calls: list[str] = []
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        self.calls.append(op)
+        if op == "share" and self.calls.count("share") == 1:
+            raise KeyboardInterrupt
+        if op == "unshare":
+            raise RemoteError("you do not share it", "not_shared")
+        return None
+
+    def settle(self) -> None:
+        self.calls.append("settle")
+
+    def close(self, wait: bool = True) -> None:
+        self.real.close(wait)
+
+
+def test_ctrl_c_while_a_login_shares_saved_files_again_stops_the_login(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during a login's re-sharing (slow when trackers are) must stop it, as in
+    any command: not just skip that one file and go on sharing the others, each of
+    which can take as long again."""
+    client = client_without_trackers(tmp_path, monkeypatch)
+    fake = InterruptedReshare(client.tracker)
+    client.tracker = fake  # type: ignore[assignment]
+    try:
+        for name in ("f1.bin", "f2.bin"):
+            path = tmp_path / name
+            make_file(path, 3000)
+            data = path.read_bytes()
+            client.registry.remember(SavedShare(
+                "alice", "g", name, str(path), len(data), hashlib.sha1(data).hexdigest(),
+                piece_sha1(data).hex(), path.stat().st_mtime_ns))
+        with pytest.raises(ProtocolError) as interrupted:
+            client.login("alice", "pw")
+        assert interrupted.value.code == "interrupted", interrupted.value
+        assert fake.calls == ["login", "share", "settle", "unshare"], fake.calls
+        assert client.list_shares() == []
+        # Both are still remembered: the next login shares them again.
+        assert sorted(s.name for s in client.registry.saved()) == ["f1.bin", "f2.bin"]
     finally:
         client.close(logout=False)
