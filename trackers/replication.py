@@ -5,7 +5,8 @@ Sockets of tracker N (``PORT`` is its client port):
 
 - ``PORT+1`` PUB: every event made here, once it is durable, and a heartbeat every
   ``HEARTBEAT_INTERVAL`` (sender, version vector, sessions heard from lately).
-- ``PORT+2`` ROUTER: catch-up requests (answered with batches) and acks from peers.
+- ``PORT+2`` ROUTER: catch-up requests (queued, and answered with batches a few per
+  loop turn after the clients: ``trackers.catch_ups``) and acks from peers.
 - one SUB connected to every other tracker's PUB; one DEALER per peer, connected to
   that peer's ROUTER, for our catch-up requests (and their answers) and our acks.
 
@@ -46,6 +47,7 @@ from p2p.messages.sync import (
     encode_sync,
 )
 from p2p.messages.tracker import MAX_REQUEST
+from trackers.catch_ups import CatchUpQueue, Offer
 from trackers.quorum import (
     HEARTBEAT_INTERVAL,
     STARTUP_GRACE,
@@ -64,6 +66,10 @@ MAX_MESSAGE = MAX_REQUEST
 BATCH_EVENTS = 500  # events per catch-up answer ...
 BATCH_BYTES = 2 * 1024 * 1024  # ... and roughly this many bytes at most
 _DRAIN = 1000  # messages taken from one socket per loop turn
+# Catch-up requests answered per loop turn: each costs a sqlite read and an encoding of
+# up to BATCH_EVENTS events, and a client's request waits behind them.  A restarted
+# tracker has one request out at a time, so this does not slow its catch-up.
+CATCH_UPS_PER_TURN = 2
 
 
 class Store(Protocol):
@@ -144,6 +150,7 @@ class Replication:
         self._awaiting: set[int] = set()  # peers whose startup catch-up is not complete
         self._ready_at = 0.0
         self._live: dict[int, bool] = {}
+        self._catch_ups = CatchUpQueue()
         # Lines about what strangers send: a flood of garbage must not flood the log.
         self._bad = BoundedLog(log)
         self.stats: dict[str, int] = defaultdict(int)
@@ -192,6 +199,17 @@ class Replication:
 
     def next_heartbeat(self) -> float:
         return self._next_heartbeat
+
+    def catch_ups_waiting(self) -> bool:
+        """Whether catch-up requests wait for ``answer_catch_ups`` (the loop should not
+        sleep)."""
+        return bool(self._catch_ups)
+
+    def answer_catch_ups(self) -> None:
+        """Answer the oldest few catch-up requests waiting; the owner calls this every
+        loop turn, after serving its clients."""
+        for who, request in self._catch_ups.take(CATCH_UPS_PER_TURN):
+            self.router.send_multipart([who, encode_sync(self._batch(request))])
 
     def _to_peer(self, peer: int, message: SyncMessage) -> bool:
         dealer = self.dealers.get(peer)
@@ -305,13 +323,23 @@ class Replication:
             if self._known(message.sender, "a catch-up request"):
                 self.view.heard(message.sender, now)
                 self.view.holds_vector(message.sender, message.vector)
-                self.router.send_multipart([frames[0], encode_sync(self._batch(message))])
+                self._queue_catch_up(frames[0], message)
         elif isinstance(message, Ack):
             if self._known(message.sender, "an ack"):
                 self._on_ack(message, now)
         elif message is not None:
             self._warn("router-kind", "unexpected messages", "the peer port",
                        f"unexpected {type(message).__name__} on the peer port")
+
+    def _queue_catch_up(self, who: bytes, request: CatchUp) -> None:
+        self.stats["catch_ups_received"] += 1
+        offer = self._catch_ups.offer(who, request)
+        if offer is Offer.COALESCED:
+            self.stats["catch_ups_coalesced"] += 1
+        elif offer is Offer.DROPPED:  # its asker asks again after CATCH_UP_TIMEOUT
+            self._warn("catch_ups_dropped", "catch-up requests dropped", "the peer port",
+                       f"dropped a catch-up request: {len(self._catch_ups)} connections "
+                       "have one waiting already")
 
     def _batch(self, request: CatchUp) -> Batch:
         events = self.store.since(request.vector, BATCH_EVENTS)

@@ -202,6 +202,9 @@ class TrackerServer:
                 if (self.frontend in ready or any(h.future.done() for h in self._hashing)
                         or (self._deferred and self.replication.ready(now))):
                     self._serve_clients()
+                # After the clients, and a few at a time: a flood of catch-up requests
+                # (anyone can send them) must not keep clients waiting.
+                self.replication.answer_catch_ups()
                 self.step(time.monotonic())
         finally:
             self.close()
@@ -216,6 +219,8 @@ class TrackerServer:
         self._bad.flush()
 
     def _poll_ms(self) -> int:
+        if self.replication.catch_ups_waiting():
+            return 0
         now = time.monotonic()
         wake = min(now + _TICK, self.replication.next_heartbeat())
         if self._deferred:
