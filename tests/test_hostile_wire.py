@@ -3,6 +3,7 @@ the process keeps running, its state stays whole, and what it holds for them sta
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -19,7 +20,7 @@ from p2p.messages.sync import Batch, CatchUp, Event, decode_sync, encode_sync
 from p2p.pieces import PIECE_SIZE
 from tests.files_support import Probe, Session, addr, done, group_of, make_file, pieces
 from tests.procs import Cluster, wait_for
-from tests.test_replication_kit import Direct
+from tests.test_replication_kit import Direct, wait_converged
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -289,6 +290,126 @@ def test_requests_held_while_a_tracker_catches_up_stay_under_64_mib(
         done_posing.set()
         poser.join(5)
         c.close()
+
+
+# --- a flood of catch-up requests on a tracker's peer port -----------------------------------
+
+CATCH_UP_FLOOD = 2000
+# A client's request is answered within this during the flood.  Each catch-up was answered
+# at once (a sqlite read and an encoding of 500 events, ~4 ms), up to 1,000 per loop turn:
+# 2,000 of them kept a list_groups waiting 3-8 s.  Now 10-30 ms.
+PROMPT = 1.0
+
+
+def _peer_port_dealers(c: Cluster, zctx: zmq.Context[Any], count: int
+                       ) -> list[zmq.Socket[Any]]:
+    """Connections to tracker 1's peer port, each answered once (so connected)."""
+    socks: list[zmq.Socket[Any]] = []
+    for _ in range(count):
+        sock: zmq.Socket[Any] = zctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://127.0.0.1:{c.ports[0] + 2}")
+        socks.append(sock)
+    ask = encode_sync(CatchUp(2, {}))
+    for sock in socks:
+        sock.send(ask)
+        assert sock.poll(10_000), "a catch-up request got no batch"
+        assert isinstance(decode_sync(sock.recv()), Batch)
+    return socks
+
+
+def _catch_ups_received(bob: Direct) -> tuple[int, float]:
+    """Tracker 1's count of catch-up requests taken, and how long its status took."""
+    start = time.monotonic()
+    reply = bob.call(1, "status", timeout=30)
+    took = time.monotonic() - start
+    assert reply is not None and reply.ok, reply
+    return int(reply.result["replication"].get("catch_ups_received", 0)), took
+
+
+@pytest.mark.timeout(120)
+def test_a_flood_of_catch_up_requests_does_not_keep_clients_waiting(
+        two_trackers: Cluster, zctx: zmq.Context[Any]) -> None:
+    """2,000 catch-up requests naming tracker 2, over 20 connections, to tracker 1 whose
+    log holds 600 events: while it takes them, its clients' requests are answered within
+    a second, each connection still gets its batches, and replication goes on."""
+    c = two_trackers
+    bob = Direct(c)
+    bob.login(1, "bob")
+    for i in range(600):  # so that each answer is a full batch of 500 events
+        bob.ok(1, "create_group", group=f"g{i:04d}")
+    socks = _peer_port_dealers(c, zctx, 20)
+    before, _took = _catch_ups_received(bob)
+    ask = encode_sync(CatchUp(2, {}))
+    for i in range(CATCH_UP_FLOOD):
+        socks[i % len(socks)].send(ask)
+    waits: list[float] = []
+    deadline = time.monotonic() + 60
+    while True:  # clients ask until the tracker has taken the whole flood
+        start = time.monotonic()
+        groups = bob.ok(1, "list_groups")
+        waits.append(time.monotonic() - start)
+        assert len(groups) == 600
+        received, took = _catch_ups_received(bob)
+        waits.append(took)
+        if received >= before + CATCH_UP_FLOOD:
+            break
+        assert time.monotonic() < deadline, f"the flood was not taken: {received - before}"
+    assert max(waits) < PROMPT, sorted(waits)[-5:]
+    for sock in socks:  # every connection got the answer to its latest request
+        assert sock.poll(10_000), "a flooding connection got no batch"
+        batch = decode_sync(sock.recv())
+        assert isinstance(batch, Batch) and len(batch.events) == 500 and batch.more
+    stats = c.tracker(1).answered_status()["replication"]
+    assert stats["catch_ups_coalesced"] > 0, stats
+    bob.ok(1, "create_group", group="after-flood")
+    wait_for(lambda: "after-flood" in [g["group"] for g in bob.ok(2, "list_groups")], 10,
+             "tracker 2 to hold the write made after the flood")
+    _still_serves_writes(c)
+
+
+@pytest.mark.timeout(120)
+def test_a_restarted_tracker_catches_up_during_a_flood_of_catch_up_requests(
+        two_trackers: Cluster, zctx: zmq.Context[Any]) -> None:
+    """Tracker 2 restarts behind by 1,100 events (three batches) while strangers keep
+    sending catch-up requests to tracker 1's peer port: it still catches up, promptly."""
+    c = two_trackers
+    bob = Direct(c)
+    bob.login(1, "bob")
+    c.tracker(2).kill()
+    count = 1100
+    for i in range(count):
+        bob.ok(1, "create_group", group=f"g{i:04d}")
+    socks = _peer_port_dealers(c, zctx, 8)
+    stop = threading.Event()
+
+    def flood() -> None:
+        ask = encode_sync(CatchUp(2, {}))
+        while not stop.is_set():
+            for sock in socks:
+                with contextlib.suppress(zmq.Again):  # a full queue: the tracker is busy
+                    sock.send(ask, zmq.NOBLOCK)
+                while sock.poll(0):  # read the answers, as a stranger that re-asks would
+                    sock.recv()
+            stop.wait(0.001)  # a flood, but one that leaves this process some CPU
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        wait_for(lambda: (_catch_ups_received(bob)[0] > 1000), 20, "the flood to be under way")
+        start = time.monotonic()
+        c.tracker(2).start()  # it answers clients once caught up (or after a grace)
+        wait_for(lambda: len(bob.ok(2, "list_groups")) == count, 10,
+                 "tracker 2 to catch up during the flood")
+        caught_up = time.monotonic() - start
+        stats = c.tracker(1).answered_status()["replication"]
+        assert stats["catch_ups_received"] > 2000, stats  # the flood went on meanwhile
+    finally:
+        stop.set()
+        flooder.join(5)
+    assert caught_up < 10, caught_up
+    wait_converged(c, timeout=10)
+    _still_serves_writes(c)
 
 
 # --- a flood of malformed messages and the log --------------------------------------------
