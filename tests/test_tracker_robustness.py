@@ -3,8 +3,10 @@ connection) out, and the next real client is served as if nothing happened."""
 
 from __future__ import annotations
 
+import logging
 import random
 import socket
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 import zmq
 
 from p2p import codec
+from p2p.bounded_log import BURST
 from p2p.config import TrackerAddress
 from p2p.messages.tracker import MAX_REQUEST, Request
 from tests.procs import Cluster, free_port_block
@@ -265,6 +268,49 @@ def test_a_handler_bug_gets_internal_error_at_once(tmp_path: Path,
         signup = Request("create_user", "cid-1", 8, {"user": "ann", "password": "pw"})
         with pytest.raises(server_mod._NeedsHash):
             server.handle(signup, None, commands.Context(b"s" * 16, server_mod._needs_hash))
+    finally:
+        server.close()
+        ctx.term()
+
+
+def test_a_handler_bug_someone_repeats_logs_a_few_tracebacks_then_a_count(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    """The same bug hit by 200 requests from one address (and by a hashed login) writes
+    the first few lines with their traceback, per source, not one per request."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    server = TrackerServer([TrackerAddress(1, "127.0.0.1", free_port_block())], 1,
+                           tmp_path / "t1", context=ctx)
+    try:
+        def broken(*_args: Any) -> Any:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setitem(commands.HANDLERS, "list_groups", broken)
+        caplog.set_level(logging.WARNING, logger="trackers.server")
+        for rid in range(200):
+            reply = server.handle(Request("list_groups", "cid-1", rid), source="10.0.0.7")
+            assert reply is not None and reply.code == "internal_error", reply
+        server.handle(Request("list_groups", "cid-2", 1), source="10.0.0.8")
+        lines = [r for r in caplog.records if "broke its handler" in r.getMessage()]
+        assert [r.getMessage() for r in lines] == (
+            ["list_groups from 10.0.0.7 broke its handler"] * BURST
+            + ["list_groups from 10.0.0.8 broke its handler"])
+        assert all(r.exc_info and "a bug" in str(r.exc_info[1]) for r in lines)
+
+        # A bug after the hash, in the hashed request's own path.
+        def no_context() -> commands.Context:
+            raise RuntimeError("another bug")
+
+        done: Future[bytes] = Future()
+        done.set_result(b"h")
+        job = server_mod._Hashing(Request("login", "cid-3", 1, {"user": "ann"}), [b"x"],
+                                  "10.0.0.9", b"s", "pw", b"s", done)
+        monkeypatch.setattr(job, "context", no_context)
+        for _ in range(20):
+            server._hashed(job)
+        dropped = [r for r in caplog.records
+                   if r.getMessage() == "dropped a login from 10.0.0.9 that broke its handler"]
+        assert len(dropped) == BURST and all(r.exc_info for r in dropped)
     finally:
         server.close()
         ctx.term()

@@ -268,9 +268,11 @@ class TrackerServer:
     def _hashed(self, job: _Hashing) -> None:
         """Answer a request whose hash is done, and count how its login went."""
         try:
-            reply = self.handle(job.req, job.envelope, job.context())
-        except Exception:
-            log.exception("dropped a request that broke its handler")
+            reply = self.handle(job.req, job.envelope, job.context(), source=job.source)
+        except Exception:  # a bug, but one its sender may repeat at will: lines bounded
+            self._bad.warning("hashed requests that broke their handler", job.source,
+                              "dropped a %s from %s that broke its handler", job.req.op,
+                              job.source, exc_info=True)
             return
         if job.req.op == "login":
             user = job.req.args["user"]  # a str: the plan checked it before hashing
@@ -321,7 +323,7 @@ class TrackerServer:
             return
         if self._hash_first(req, envelope, source):
             return
-        reply = self.handle(req, envelope)
+        reply = self.handle(req, envelope, source=source)
         if reply is not None:
             self._send(envelope, reply)
 
@@ -335,7 +337,8 @@ class TrackerServer:
             return False
         salt = os.urandom(SALT_BYTES)
         try:
-            reply = self.handle(req, envelope, commands.Context(salt, _needs_hash))
+            reply = self.handle(req, envelope, commands.Context(salt, _needs_hash),
+                                source=source)
         except _NeedsHash as need:
             reply = self._start_hashing(req, envelope, source, salt, need)
         if reply is not None:
@@ -376,9 +379,11 @@ class TrackerServer:
         return None
 
     def handle(self, req: Request, envelope: Envelope | None = None,
-               ctx: commands.Context | None = None) -> Reply | None:
+               ctx: commands.Context | None = None, *,
+               source: str = _UNKNOWN_SOURCE) -> Reply | None:
         """Answer one request now (a read, a refusal), or None: a write whose answer
-        waits for the other trackers; it goes to ``envelope`` once confirmed."""
+        waits for the other trackers; it goes to ``envelope`` once confirmed.
+        ``source``: the address it came from, for the log."""
         if req.op == "status":
             return Reply(req.rid, True, self.status())
         now = time.monotonic()
@@ -397,7 +402,9 @@ class TrackerServer:
         except _NeedsHash:  # the scrypt probe: the caller hashes off the loop
             raise
         except Exception:  # a bug: say so now, or the client waits out every tracker
-            log.exception("%s broke its handler", req.op)
+            # Whoever found it can send it again and again: lines bounded per source.
+            self._bad.warning("requests that broke their handler", source,
+                              "%s from %s broke its handler", req.op, source, exc_info=True)
             return Reply.failure(req.rid, "internal_error",
                                  f"the tracker could not handle {req.op}: see its log")
         if isinstance(plan, Reply):
