@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 ATTEMPT_TIMEOUT = 0.4  # a tracker silent this long is skipped: failover well within 1 s
 GIVE_UP_AFTER = 8.0  # then the command fails with no_tracker (or busy, if one said so)
 BUSY = "busy"  # a tracker's code for "not now": its password hashing is full
+SILENT_AFTER_BUSY = 2  # attempts in a row a tracker that said busy is silent: maybe dead
 
 
 def round_backoff(round_no: int) -> float:
@@ -127,9 +128,11 @@ class TrackerClient:
     def _exchange(self, payload: bytes, rid: int) -> Reply:
         deadline = time.monotonic() + self._give_up_after
         attempts = 0  # unanswered or answered busy
-        # tracker index -> its busy answer to this request, while its latest answer; one
-        # silent since is not said to be busy at the deadline: it may be dead
-        busy: dict[int, Reply] = {}
+        # tracker index -> its busy answer to this request, and how many attempts in a
+        # row it has been silent since.  One silent that often since is not said to be
+        # busy at the deadline: it may be dead.  Once is not enough: a tracker whose
+        # hashing is flooded, on a loaded machine, misses an attempt's 0.4 s now and then.
+        busy: dict[int, tuple[Reply, int]] = {}
         while True:
             try:
                 reply = self._try(self._socket(), payload, rid)
@@ -141,7 +144,12 @@ class TrackerClient:
             attempts += 1
             previous = self.current
             if reply is None:
-                busy.pop(self._current, None)
+                if self._current in busy:
+                    said, silent = busy[self._current]
+                    if silent + 1 >= SILENT_AFTER_BUSY:
+                        del busy[self._current]
+                    else:
+                        busy[self._current] = (said, silent + 1)
                 self._unanswered()
                 self._drop_socket()  # a REQ socket that timed out cannot be reused
                 self._move_on()
@@ -151,14 +159,14 @@ class TrackerClient:
                 return reply
             else:
                 # Refused before it did anything there: safe to send elsewhere as is.
-                busy[self._current] = reply
+                busy[self._current] = (reply, 0)
                 self._answered(busy=True)
                 self._move_on()
                 log.info("%s is busy, trying %s", previous, self.current)
             left = deadline - time.monotonic()
             if left <= 0:
                 if busy:  # a tracker is there, only loaded: say so
-                    said = next(iter(busy.values()))
+                    said = next(iter(busy.values()))[0]
                     raise RemoteError(f"{said.error} (still busy after "
                                       f"{self._give_up_after:.0f} s of retries)", BUSY)
                 raise LocalError(
