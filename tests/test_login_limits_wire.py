@@ -211,11 +211,16 @@ def test_a_client_is_told_busy_only_at_the_deadline_while_the_hashing_stays_full
         took = time.monotonic() - began
         # A slot that frees can go to this client's retry before the flood refills it;
         # if none does, busy comes once the client has retried for 8 s, not before.
+        # A tracker this flooded, on a loaded machine, can also leave the last attempts
+        # unanswered (its loop shares the cores with its own hashing): then no_tracker,
+        # also only at the deadline.  Which of the two is told when is settled without
+        # timing in test_tracker_busy_retry.
         if not answer["ok"]:
-            assert answer["code"] == "busy", answer
-            assert answer["error"] == ("the tracker is busy: try again in a moment "
-                                       "(still busy after 8 s of retries)"), answer
-            assert took >= GIVE_UP_AFTER, f"busy after {took:.2f} s"
+            assert answer["code"] in ("busy", "no_tracker"), answer
+            if answer["code"] == "busy":
+                assert answer["error"] == ("the tracker is busy: try again in a moment "
+                                           "(still busy after 8 s of retries)"), answer
+            assert took >= GIVE_UP_AFTER, f"{answer['code']} after {took:.2f} s"
     finally:
         flood.stop.set()
         flood.join(10)
