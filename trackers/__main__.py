@@ -1,4 +1,4 @@
-"""``p2p-tracker TRACKER_INFO_FILE TRACKER_NO [--data-dir DIR] [-v]``."""
+"""``p2p-tracker TRACKER_INFO_FILE TRACKER_NO [--data-dir DIR] [--cluster-key FILE] [-v]``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="which line of the file this tracker is (1 = first)")
     parser.add_argument("--data-dir", type=Path,
                         help="where the event log is kept (default: ./p2p-data/tracker-N)")
+    parser.add_argument("--cluster-key", type=Path, metavar="FILE",
+                        help="the secret every tracker of the cluster shares, which "
+                             "authenticates and encrypts replication (default: "
+                             "tracker_cluster.key beside TRACKER_INFO_FILE, created if "
+                             "missing)")
     parser.add_argument("--status", action="store_true",
                         help="print each tracker's health, progress and state digest, then exit")
     parser.add_argument("--session-timeout", type=float, default=None,
@@ -52,13 +57,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.number is None or not 1 <= args.number <= len(trackers):
         print(f"p2p-tracker: TRACKER_NO must be 1..{len(trackers)}", file=sys.stderr)
         return 2
+    from trackers import cluster_key
     from trackers.server import SESSION_TIMEOUT, TrackerServer
 
+    key_path = args.cluster_key or cluster_key.default_path(args.tracker_info)
+    try:
+        keys, created = cluster_key.load_or_create(key_path)
+    except cluster_key.ClusterKeyError as exc:
+        print(f"p2p-tracker: {exc}", file=sys.stderr)
+        return 2
+    if created:
+        log.info("created the cluster key %s: every tracker of this cluster needs a copy "
+                 "of this same file", key_path)
     data_dir = args.data_dir or Path("p2p-data") / f"tracker-{args.number}"
     try:
         server = TrackerServer(
             trackers, args.number, data_dir,
-            session_timeout=args.session_timeout or SESSION_TIMEOUT,
+            session_timeout=args.session_timeout or SESSION_TIMEOUT, cluster_keys=keys,
         )
     except zmq.ZMQError as exc:
         print(f"p2p-tracker: cannot listen on {trackers[args.number - 1]}: {exc}",

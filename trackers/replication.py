@@ -10,6 +10,11 @@ Sockets of tracker N (``PORT`` is its client port):
 - one SUB connected to every other tracker's PUB; one DEALER per peer, connected to
   that peer's ROUTER, for our catch-up requests (and their answers) and our acks.
 
+Every one of these links is CURVE-encrypted and authenticated with the cluster key
+(``trackers.cluster_key``): PUB and ROUTER are CURVE servers that admit, through the
+context's ZAP handler, only clients holding the cluster keypair; SUB and DEALERs are its
+clients.  A peer whose handshake keeps failing is named in the log once.
+
 An event is appended only when it extends its origin's contiguous run; anything else
 is dropped, and the hole is filled by asking a peer that holds more (noticed from a
 gap in the stream or from a heartbeat vector), so nothing relies on PUB/SUB
@@ -23,7 +28,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from itertools import islice
 from typing import Any, Protocol
 
@@ -48,6 +53,7 @@ from p2p.messages.sync import (
 )
 from p2p.messages.tracker import MAX_REQUEST
 from trackers.catch_ups import CatchUpQueue, Offer
+from trackers.cluster_key import ClusterKeys
 from trackers.quorum import (
     HEARTBEAT_INTERVAL,
     STARTUP_GRACE,
@@ -70,6 +76,16 @@ _DRAIN = 1000  # messages taken from one socket per loop turn
 # up to BATCH_EVENTS events, and a client's request waits behind them.  A restarted
 # tracker has one request out at a time, so this does not slow its catch-up.
 CATCH_UPS_PER_TURN = 2
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_MONITORED = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED
+# A peer with another cluster key makes our CURVE client fail every handshake without a
+# reason (it cannot decrypt our HELLO and hangs up): one such failure may also be a peer
+# dying mid-handshake, three in a row (0.1 s apart: zmq's reconnect interval) is the key.
+KEY_MISMATCH_AFTER = 3
+# A handshake that fails on a protocol error (a stranger on a dead tracker's port, not
+# speaking CURVE) makes zmq give up that endpoint for good; we dial it again this late.
+REDIAL_AFTER = 1.0
 
 
 class Store(Protocol):
@@ -113,8 +129,11 @@ class Replication:
         store: Store,
         view: View,
         waits: Waits,
+        keys: ClusterKeys,
     ) -> None:
         self.me = me.number
+        self.keys = keys
+        self._addresses = {t.number: t for t in trackers}
         self.store = store
         self.view = view
         self.waits = waits
@@ -127,23 +146,39 @@ class Replication:
         self.dealers: dict[int, zmq.Socket[Any]] = {}
         self._by_socket: dict[zmq.Socket[Any], int] = {}
         # A peer whose connection to our DEALER drops (SIGKILL, crash) is suspect at
-        # once; a hung one is caught by the quorum timeouts instead.
-        self._monitors: dict[zmq.Socket[Any], int] = {}
+        # once; a hung one is caught by the quorum timeouts instead.  The monitors also
+        # tell failed handshakes (another cluster key) on the DEALERs and the SUB.
+        self._monitors: dict[zmq.Socket[Any], zmq.Socket[Any]] = {}
+        self._monitored: list[zmq.Socket[Any]] = []
+        self._endpoints: dict[str, int] = {}  # a peer's PUB and peer endpoints -> number
+        self._linked: set[int] = set()  # peers our DEALER completed a handshake with
+        self._failed: dict[int, int] = defaultdict(int)  # handshakes failed in a row
+        self._refused: set[int] = set()  # peers named in the log as having another key
+        self._redial: dict[tuple[zmq.Socket[Any], str], float] = {}
+        self._auth: Any = None
         try:
+            # The ZAP handler first: a CURVE server without one admits any client key.
+            self._auth = keys.authenticator(context)
+            for server in (self.pub, self.router):
+                keys.serve(server)
             self.pub.bind(me.endpoint(PUB_OFFSET))
             self.router.bind(me.endpoint(PEER_OFFSET))
+            keys.connect_as_client(self.sub)
+            self._monitor(self.sub)
             for peer in trackers:
                 if peer.number == self.me:
                     continue
+                self._endpoints[peer.endpoint(PUB_OFFSET)] = peer.number
+                self._endpoints[peer.endpoint(PEER_OFFSET)] = peer.number
                 self.sub.connect(peer.endpoint(PUB_OFFSET))
                 dealer = _socket(context, zmq.DEALER)
                 dealer.setsockopt(zmq.SNDHWM, 1000)
-                dealer.connect(peer.endpoint(PEER_OFFSET))
+                keys.connect_as_client(dealer)
                 self.dealers[peer.number] = dealer
                 self._by_socket[dealer] = peer.number
-                monitor = dealer.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-                self._monitors[monitor] = peer.number
-        except zmq.ZMQError:
+                self._monitor(dealer)
+                dealer.connect(peer.endpoint(PEER_OFFSET))
+        except (zmq.ZMQError, RuntimeError):  # RuntimeError: the ZAP thread did not start
             self.close()
             raise
         self._next_heartbeat = 0.0
@@ -158,12 +193,19 @@ class Replication:
     def sockets(self) -> list[zmq.Socket[Any]]:
         return [self.sub, self.router, *self.dealers.values(), *self._monitors]
 
+    def _monitor(self, sock: zmq.Socket[Any]) -> None:
+        self._monitors[sock.get_monitor_socket(_MONITORED)] = sock
+        self._monitored.append(sock)
+
     def close(self) -> None:
-        for dealer in self.dealers.values():
+        for sock in self._monitored:
             with contextlib.suppress(zmq.ZMQError):
-                dealer.disable_monitor()
+                sock.disable_monitor()
         for sock in [self.pub, self.router, self.sub, *self.dealers.values(), *self._monitors]:
             sock.close(0)
+        if self._auth is not None:
+            self._auth.stop()  # after the sockets: none of them waits on it any more
+            self._auth = None
 
     # --- out ----------------------------------------------------------------------------
 
@@ -189,6 +231,7 @@ class Replication:
         """Heartbeat when due and retry catch-up; True when a heartbeat went out."""
         self._ask_lacking(now)
         self._note_liveness(now)
+        self._redial_due(now)
         self._bad.flush()
         if now < self._next_heartbeat:
             return False
@@ -265,12 +308,51 @@ class Replication:
             if dealer in ready:
                 for frames in self._recv(dealer):
                     self._on_dealer(peer, frames, now)
-        for monitor, peer in self._monitors.items():  # after the data, which may be newer
+        for monitor, sock in self._monitors.items():  # after the data, which may be newer
             if monitor in ready:
                 for frames in self._recv(monitor):
-                    if parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED:
-                        log.info("lost the connection to tracker %d", peer)
-                        self.view.suspect(peer)
+                    self._on_monitor(sock, parse_monitor_message(frames), now)
+
+    def _on_monitor(self, sock: zmq.Socket[Any], event: Mapping[str, Any], now: float) -> None:
+        endpoint = event["endpoint"].decode(errors="replace")
+        peer = self._endpoints.get(endpoint)
+        if peer is None:
+            return
+        kind = event["event"]
+        if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._failed[peer] = 0
+            if sock is self.dealers.get(peer):
+                self._linked.add(peer)
+            if peer in self._refused:
+                self._refused.discard(peer)
+                log.info("%s shares our cluster key now", self._addresses[peer])
+        elif kind == zmq.EVENT_DISCONNECTED:
+            # Only a link that was up: a failed handshake disconnects too, every 0.1 s.
+            if sock is self.dealers.get(peer) and peer in self._linked:
+                self._linked.discard(peer)
+                log.info("lost the connection to tracker %d", peer)
+                self.view.suspect(peer)
+        elif kind & _HANDSHAKE_FAILED:
+            self.stats["handshakes_failed"] += 1
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                self._failed[peer] += 1
+            else:  # zmq gave this endpoint up: dial it again later
+                self._failed[peer] = KEY_MISMATCH_AFTER
+                self._redial.setdefault((sock, endpoint), now + REDIAL_AFTER)
+            if self._failed[peer] >= KEY_MISMATCH_AFTER and peer not in self._refused:
+                self._refused.add(peer)
+                self._bad.warning("trackers without our cluster key", str(peer),
+                                  "%s does not share our cluster key (%s): replication "
+                                  "with it is refused", self._addresses[peer],
+                                  self.keys.source)
+
+    def _redial_due(self, now: float) -> None:
+        for (sock, endpoint), due in list(self._redial.items()):
+            if now >= due:
+                del self._redial[(sock, endpoint)]
+                with contextlib.suppress(zmq.ZMQError):
+                    sock.disconnect(endpoint)
+                sock.connect(endpoint)
 
     @staticmethod
     def _recv(sock: zmq.Socket[Any]) -> list[list[bytes]]:

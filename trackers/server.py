@@ -30,6 +30,7 @@ from p2p.messages.tracker import MAX_REQUEST, Reply, Request
 from trackers import commands
 from trackers import state as st
 from trackers.clock import HybridClock
+from trackers.cluster_key import ClusterKeys
 from trackers.ledger import Ledger
 from trackers.log import EventLog
 from trackers.login_limits import Guesses, HashSlots
@@ -126,7 +127,10 @@ class TrackerServer:
         *,
         session_timeout: float = SESSION_TIMEOUT,
         context: zmq.Context[Any] | None = None,
+        cluster_keys: ClusterKeys | None = None,
     ) -> None:
+        """``cluster_keys``: what authenticates the links to the other trackers (a random
+        key, replicating with no one, if not given)."""
         self.me = trackers[number - 1]
         self.trackers = trackers
         self.session_timeout = session_timeout
@@ -176,8 +180,9 @@ class TrackerServer:
         try:
             self.frontend.bind(f"tcp://{self.me.host}:{self.me.port}")
             self.replication = Replication(self.context, trackers, self.me, self,
-                                           self.view, self.waits)
-        except zmq.ZMQError:
+                                           self.view, self.waits,
+                                           cluster_keys or ClusterKeys.random())
+        except (zmq.ZMQError, RuntimeError):
             self.frontend.close(0)
             self.log.close()
             raise
