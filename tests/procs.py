@@ -268,6 +268,29 @@ class Cluster:
     def tracker(self, number: int) -> TrackerProc:
         return self.trackers[number - 1]
 
+    @property
+    def key_path(self) -> Path:
+        """The cluster key file the trackers use by default (beside tracker_info.txt)."""
+        return self.root / "tracker_cluster.key"
+
+    def keyed_socket(self, ctx: Any, kind: int) -> Any:
+        """A socket holding this cluster's key, as a tracker's own would (a CURVE server
+        for PUB and ROUTER, a client of the cluster otherwise): what a test uses to speak
+        to replication ports past the authentication.  Creates the key file if no tracker
+        has yet, as a tracker would."""
+        import zmq
+
+        from trackers.cluster_key import load_or_create
+
+        keys, _created = load_or_create(self.key_path)
+        sock = ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if kind in (zmq.PUB, zmq.ROUTER):
+            keys.serve(sock)
+        else:
+            keys.connect_as_client(sock)
+        return sock
+
     def sessions(self, tracker: int = 1) -> int:
         """How many sessions a tracker holds, by its status."""
         return int(self.tracker(tracker).answered_status()["sessions"])

@@ -51,10 +51,11 @@ def _still_serves_writes(c: Cluster) -> None:
 @pytest.mark.parametrize("ts", [2**64 - 1, 2**63 - 1], ids=["beyond-int64", "int64-max"])
 def test_an_event_with_an_enormous_timestamp_does_not_stop_a_tracker(
         tmp_path: Path, zctx: zmq.Context[Any], ts: int) -> None:
-    """Tracker 2 is down and a stranger publishes on its PUB port an event stamped at the
-    top of (or beyond) a 64-bit integer.  Tracker 1 keeps serving, writes included."""
+    """Tracker 2 is down and a holder of the cluster key publishes on its PUB port an event
+    stamped at the top of (or beyond) a 64-bit integer.  Tracker 1 keeps serving, writes
+    included.  (A stranger without the key is refused at the handshake.)"""
     c = Cluster(tmp_path, trackers=2)
-    pub: zmq.Socket[Any] = zctx.socket(zmq.PUB)
+    pub: zmq.Socket[Any] = c.keyed_socket(zctx, zmq.PUB)
     try:
         one = c.tracker(1).start()
         pub.bind(f"tcp://127.0.0.1:{c.ports[1] + 1}")
@@ -247,10 +248,10 @@ def test_a_client_takes_the_file_info_of_a_file_with_5_mb_of_piece_hashes(
 def test_requests_held_while_a_tracker_catches_up_stay_under_64_mib(
         tmp_path: Path, zctx: zmq.Context[Any]) -> None:
     """Tracker 1 holds client requests until it has caught up with tracker 2 - here a
-    stranger on tracker 2's peer port, answering every catch-up request with "more to
-    come".  Of 20 requests of 8 MB it holds what fits in 64 MiB, not all of them."""
+    holder of the cluster key on tracker 2's peer port, answering every catch-up request
+    with "more to come".  Of 20 requests of 8 MB it holds what fits in 64 MiB, not all."""
     c = Cluster(tmp_path, trackers=2)
-    fake: zmq.Socket[Any] = zctx.socket(zmq.ROUTER)
+    fake: zmq.Socket[Any] = c.keyed_socket(zctx, zmq.ROUTER)
     fake.bind(f"tcp://127.0.0.1:{c.ports[1] + 2}")
     done_posing = threading.Event()
 
@@ -303,11 +304,11 @@ PROMPT = 1.0
 
 def _peer_port_dealers(c: Cluster, zctx: zmq.Context[Any], count: int
                        ) -> list[zmq.Socket[Any]]:
-    """Connections to tracker 1's peer port, each answered once (so connected)."""
+    """Connections to tracker 1's peer port holding the cluster key (a stranger's are
+    refused at the handshake), each answered once (so connected)."""
     socks: list[zmq.Socket[Any]] = []
     for _ in range(count):
-        sock: zmq.Socket[Any] = zctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
+        sock: zmq.Socket[Any] = c.keyed_socket(zctx, zmq.DEALER)
         sock.connect(f"tcp://127.0.0.1:{c.ports[0] + 2}")
         socks.append(sock)
     ask = encode_sync(CatchUp(2, {}))

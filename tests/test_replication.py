@@ -359,9 +359,10 @@ def test_session_expiry_counts_pings_heard_by_any_tracker(tmp_path: Path) -> Non
 
 def test_garbage_on_the_peer_port_is_dropped_and_logged_within_bounds(
         two_trackers: Cluster) -> None:
+    """Garbage from a holder of the cluster key (a buggy or compromised tracker): what a
+    stranger sends never gets past the handshake (tests/test_cluster_key.py)."""
     c = two_trackers
-    sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+    sock: zmq.Socket[Any] = c.keyed_socket(zmq.Context.instance(), zmq.DEALER)
     sock.connect(f"tcp://127.0.0.1:{c.ports[0] + 2}")
     try:
         junk = [b"", b"\xc1", codec.encode(["zz", 1]), codec.encode({"a": 1}),
