@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -78,11 +79,15 @@ _DRAIN = 1000  # messages taken from one socket per loop turn
 CATCH_UPS_PER_TURN = 2
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-_MONITORED = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED
+_MONITORED = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+              | _HANDSHAKE_FAILED)
 # A peer with another cluster key makes our CURVE client fail every handshake without a
 # reason (it cannot decrypt our HELLO and hangs up): one such failure may also be a peer
 # dying mid-handshake, three in a row (0.1 s apart: zmq's reconnect interval) is the key.
 KEY_MISMATCH_AFTER = 3
+# ... each within this of its connection: a hung (SIGSTOPped) peer accepts the connection
+# and fails the handshake too, but only at zmq's handshake timeout (30 s).
+QUICK_FAILURE = 5.0
 # A handshake that fails on a protocol error (a stranger on a dead tracker's port, not
 # speaking CURVE) makes zmq give up that endpoint for good; we dial it again this late.
 REDIAL_AFTER = 1.0
@@ -105,6 +110,18 @@ class Store(Protocol):
 
     def sessions_heard(self, sids: Iterable[str]) -> None:
         """Sessions another tracker heard from lately."""
+
+
+def _reported_endpoints(peer: TrackerAddress, offset: int) -> set[str]:
+    """The endpoint of ``peer`` as we connect to it, and as zmq's monitor events name it
+    (with the host resolved to each of its addresses)."""
+    port = peer.port + offset
+    forms = {peer.endpoint(offset)}
+    with contextlib.suppress(OSError):  # unresolvable now: zmq keeps trying, we match less
+        for *_, sockaddr in socket.getaddrinfo(peer.host, port, proto=socket.IPPROTO_TCP):
+            host = str(sockaddr[0])
+            forms.add(f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}")
+    return forms
 
 
 def _socket(context: zmq.Context[Any], kind: int) -> zmq.Socket[Any]:
@@ -150,9 +167,12 @@ class Replication:
         # tell failed handshakes (another cluster key) on the DEALERs and the SUB.
         self._monitors: dict[zmq.Socket[Any], zmq.Socket[Any]] = {}
         self._monitored: list[zmq.Socket[Any]] = []
-        self._endpoints: dict[str, int] = {}  # a peer's PUB and peer endpoints -> number
+        # A peer's PUB endpoint, as given and as zmq reports it (resolved) -> its number:
+        # how the SUB's monitor events (one socket, every peer) are told apart.
+        self._endpoints: dict[str, int] = {}
         self._linked: set[int] = set()  # peers our DEALER completed a handshake with
         self._failed: dict[int, int] = defaultdict(int)  # handshakes failed in a row
+        self._dialed: dict[tuple[zmq.Socket[Any], int], float] = {}  # connected at
         self._refused: set[int] = set()  # peers named in the log as having another key
         self._redial: dict[tuple[zmq.Socket[Any], str], float] = {}
         self._auth: Any = None
@@ -168,8 +188,8 @@ class Replication:
             for peer in trackers:
                 if peer.number == self.me:
                     continue
-                self._endpoints[peer.endpoint(PUB_OFFSET)] = peer.number
-                self._endpoints[peer.endpoint(PEER_OFFSET)] = peer.number
+                for endpoint in _reported_endpoints(peer, PUB_OFFSET):
+                    self._endpoints[endpoint] = peer.number
                 self.sub.connect(peer.endpoint(PUB_OFFSET))
                 dealer = _socket(context, zmq.DEALER)
                 dealer.setsockopt(zmq.SNDHWM, 1000)
@@ -314,12 +334,19 @@ class Replication:
                     self._on_monitor(sock, parse_monitor_message(frames), now)
 
     def _on_monitor(self, sock: zmq.Socket[Any], event: Mapping[str, Any], now: float) -> None:
-        endpoint = event["endpoint"].decode(errors="replace")
-        peer = self._endpoints.get(endpoint)
-        if peer is None:
-            return
+        if sock is self.sub:
+            peer = self._endpoints.get(event["endpoint"].decode(errors="replace"))
+            if peer is None:
+                return
+            endpoint = self._addresses[peer].endpoint(PUB_OFFSET)
+        else:
+            peer = self._by_socket[sock]
+            endpoint = self._addresses[peer].endpoint(PEER_OFFSET)
         kind = event["event"]
-        if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        started = self._dialed.pop((sock, peer), now)
+        if kind == zmq.EVENT_CONNECTED:
+            self._dialed[(sock, peer)] = now
+        elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._failed[peer] = 0
             if sock is self.dealers.get(peer):
                 self._linked.add(peer)
@@ -335,7 +362,8 @@ class Replication:
         elif kind & _HANDSHAKE_FAILED:
             self.stats["handshakes_failed"] += 1
             if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-                self._failed[peer] += 1
+                if now - started < QUICK_FAILURE:
+                    self._failed[peer] += 1
             else:  # zmq gave this endpoint up: dial it again later
                 self._failed[peer] = KEY_MISMATCH_AFTER
                 self._redial.setdefault((sock, endpoint), now + REDIAL_AFTER)
