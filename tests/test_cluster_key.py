@@ -16,7 +16,7 @@ import pytest
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from p2p.messages.sync import CatchUp, encode_sync
+from p2p.messages.sync import CatchUp, Event, encode_sync
 from tests.procs import Cluster, cluster, free_port_block, run_module, wait_for
 from tests.test_replication_kit import Direct, wait_converged
 from trackers.cluster_key import ClusterKeys, load_or_create
@@ -191,3 +191,43 @@ def test_a_malformed_key_file_stops_the_tracker_with_one_line(
     done = run_module("trackers", str(info), "1", "--data-dir", str(tmp_path / "d"),
                       "--cluster-key", str(other), timeout=20)
     assert done.returncode != 0 and str(other) in done.stderr, done.stderr
+
+
+def test_a_stranger_on_a_dead_trackers_ports_is_refused_and_the_tracker_returns(
+        tmp_path: Path, zctx: zmq.Context[Any]) -> None:
+    """Tracker 2 is down; a stranger without the key binds its PUB and peer ports and
+    publishes an event as tracker 2.  Tracker 1 takes nothing from it, and once the real
+    tracker 2 is back they replicate: zmq gives up an endpoint after such a handshake,
+    and tracker 1 dials it again itself."""
+    c = Cluster(tmp_path, trackers=2)
+    pub: zmq.Socket[Any] = zctx.socket(zmq.PUB)
+    router: zmq.Socket[Any] = zctx.socket(zmq.ROUTER)
+    try:
+        one = c.tracker(1).start()
+        pub.bind(f"tcp://127.0.0.1:{c.ports[1] + 1}")
+        router.bind(f"tcp://127.0.0.1:{c.ports[1] + 2}")
+        frame = encode_sync(Event(2, 1, 1, "", 0, "create_group",
+                                  {"group": "forged", "owner": "eve"}))
+
+        def refused() -> bool:
+            pub.send(frame)  # again and again: a SUB drops what comes before it connects
+            return MISMATCH in one.log_text()
+
+        wait_for(refused, 15, "tracker 1 to refuse the stranger", interval=0.1)
+        assert not router.poll(0), "the stranger's ROUTER got a message"
+        assert one.answered_status()["events"] == 0
+        pub.close(0)
+        router.close(0)
+        c.tracker(2).start()
+        alice = Direct(c)
+        alice.login(2, "alice")
+        alice.ok(2, "create_group", group="real")
+        wait_for(lambda: [g["group"] for g in alice.ok(1, "list_groups")] == ["real"], 15,
+                 "tracker 1 to hold tracker 2's group")
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        pub.close(0)
+        router.close(0)
+        c.close()
