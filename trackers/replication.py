@@ -34,6 +34,7 @@ from itertools import islice
 from typing import Any, Protocol
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
 from p2p.bounded_log import BoundedLog
@@ -175,7 +176,7 @@ class Replication:
         self._dialed: dict[tuple[zmq.Socket[Any], int], float] = {}  # connected at
         self._refused: set[int] = set()  # peers named in the log as having another key
         self._redial: dict[tuple[zmq.Socket[Any], str], float] = {}
-        self._auth: Any = None
+        self._auth: ThreadAuthenticator | None = None
         try:
             # The ZAP handler first: a CURVE server without one admits any client key.
             self._auth = keys.authenticator(context)
