@@ -133,7 +133,7 @@ def test_trackers_with_different_keys_do_not_replicate_and_say_so(tmp_path: Path
         c.tracker(2).start()
         wait_converged(c, timeout=20)
         assert c.tracker(2).answered_status()["users"] == 1
-        assert "shares our cluster key now" in c.tracker(1).log_text()
+        _wait_logged(c, 1, f"tracker 2 ({host}:{c.ports[1]}) shares our cluster key now")
     except BaseException:
         print(c.logs())
         raise
