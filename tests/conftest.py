@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import zmq
 
 from tests.procs import Cluster, cluster
 
@@ -20,3 +22,13 @@ def one_tracker(tmp_path: Path) -> Iterator[Cluster]:
 def two_trackers(tmp_path: Path) -> Iterator[Cluster]:
     with cluster(tmp_path, trackers=2) as c:
         yield c
+
+
+@pytest.fixture
+def zctx() -> Iterator[zmq.Context[Any]]:
+    """A zmq context of the test's own, destroyed with whatever sockets it still has."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        yield ctx
+    finally:
+        ctx.destroy(linger=0)

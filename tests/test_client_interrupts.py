@@ -400,14 +400,27 @@ def test_ctrl_c_while_the_tracker_takes_an_upload_leaves_it_not_shared(
     assert seeders(bob, "g", "f.bin") == 1
 
 
-class HungShare:
-    """Stands in for the TrackerClient: the share is cut short by Ctrl-C, and no
-    tracker answers afterwards."""
+class StandIn:
+    """Stands in for the TrackerClient, recording the requests and settles it is asked
+    for; ``call`` is the subclass's script."""
+
+    token: str | None = None
 
     def __init__(self, real: TrackerClient) -> None:
         self.real = real
-        self.token: str | None = "t"
         self.calls: list[str] = []
+
+    def settle(self) -> None:
+        self.calls.append("settle")
+
+    def close(self, wait: bool = True) -> None:
+        self.real.close(wait)
+
+
+class HungShare(StandIn):
+    """The share is cut short by Ctrl-C, and no tracker answers afterwards."""
+
+    token: str | None = "t"
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
         self.calls.append(op)
@@ -416,12 +429,6 @@ class HungShare:
         if op == "unshare" and "settle" not in self.calls:
             raise AssertionError("unshare before the interrupted share was settled")
         raise LocalError("no tracker answered within 8 s", "no_tracker")
-
-    def settle(self) -> None:
-        self.calls.append("settle")
-
-    def close(self, wait: bool = True) -> None:
-        self.real.close(wait)
 
 
 def test_an_interrupted_upload_no_tracker_takes_back_is_served(
@@ -446,14 +453,9 @@ def test_an_interrupted_upload_no_tracker_takes_back_is_served(
         client.close(logout=False)
 
 
-class InterruptedReshare:
-    """Stands in for the TrackerClient at a login: the first share of a saved file is
-    cut short by Ctrl-C; every other request is taken."""
-
-    def __init__(self, real: TrackerClient) -> None:
-        self.real = real
-        self.token: str | None = None
-        self.calls: list[str] = []
+class InterruptedReshare(StandIn):
+    """At a login: the first share of a saved file is cut short by Ctrl-C; every other
+    request is taken."""
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
         self.calls.append(op)
@@ -462,12 +464,6 @@ class InterruptedReshare:
         if op == "unshare":
             raise RemoteError("you do not share it", "not_shared")
         return None
-
-    def settle(self) -> None:
-        self.calls.append("settle")
-
-    def close(self, wait: bool = True) -> None:
-        self.real.close(wait)
 
 
 def test_ctrl_c_while_a_login_shares_saved_files_again_stops_the_login(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -249,68 +250,64 @@ def test_oversized_frames(one_tracker: Cluster) -> None:
     assert_still_serving(c, before)
 
 
-def test_a_handler_bug_gets_internal_error_at_once(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Not silence: a client left without a reply would wait out every tracker's timeout.
-    The scrypt probe that create_user and login raise through the handler still passes."""
+@pytest.fixture
+def buggy_tracker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TrackerServer]:
+    """An in-process tracker whose list_groups handler has a bug."""
+    def broken(*_args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(commands.HANDLERS, "list_groups", broken)
     ctx: zmq.Context[Any] = zmq.Context()
     server = TrackerServer([TrackerAddress(1, "127.0.0.1", free_port_block())], 1,
                            tmp_path / "t1", context=ctx)
     try:
-        def broken(*_args: Any) -> Any:
-            raise RuntimeError("a bug")
-
-        monkeypatch.setitem(commands.HANDLERS, "list_groups", broken)
-        reply = server.handle(Request("list_groups", "cid-1", 7))
-        assert reply is not None and (reply.ok, reply.code, reply.rid) == (
-            False, "internal_error", 7), reply
-        assert reply.error == "the tracker could not handle list_groups: see its log"
-        signup = Request("create_user", "cid-1", 8, {"user": "ann", "password": "pw"})
-        with pytest.raises(server_mod._NeedsHash):
-            server.handle(signup, None, commands.Context(b"s" * 16, server_mod._needs_hash))
+        yield server
     finally:
         server.close()
         ctx.term()
+
+
+def test_a_handler_bug_gets_internal_error_at_once(buggy_tracker: TrackerServer) -> None:
+    """Not silence: a client left without a reply would wait out every tracker's timeout.
+    The scrypt probe that create_user and login raise through the handler still passes."""
+    server = buggy_tracker
+    reply = server.handle(Request("list_groups", "cid-1", 7))
+    assert reply is not None and (reply.ok, reply.code, reply.rid) == (
+        False, "internal_error", 7), reply
+    assert reply.error == "the tracker could not handle list_groups: see its log"
+    signup = Request("create_user", "cid-1", 8, {"user": "ann", "password": "pw"})
+    with pytest.raises(server_mod._NeedsHash):
+        server.handle(signup, None, commands.Context(b"s" * 16, server_mod._needs_hash))
 
 
 def test_a_handler_bug_someone_repeats_logs_a_few_tracebacks_then_a_count(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-        ) -> None:
+        buggy_tracker: TrackerServer, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The same bug hit by 200 requests from one address (and by a hashed login) writes
     the first few lines with their traceback, per source, not one per request."""
-    ctx: zmq.Context[Any] = zmq.Context()
-    server = TrackerServer([TrackerAddress(1, "127.0.0.1", free_port_block())], 1,
-                           tmp_path / "t1", context=ctx)
-    try:
-        def broken(*_args: Any) -> Any:
-            raise RuntimeError("a bug")
+    server = buggy_tracker
+    caplog.set_level(logging.WARNING, logger="trackers.server")
+    for rid in range(200):
+        reply = server.handle(Request("list_groups", "cid-1", rid), source="10.0.0.7")
+        assert reply is not None and reply.code == "internal_error", reply
+    server.handle(Request("list_groups", "cid-2", 1), source="10.0.0.8")
+    lines = [r for r in caplog.records if "broke its handler" in r.getMessage()]
+    assert [r.getMessage() for r in lines] == (
+        ["list_groups from 10.0.0.7 broke its handler"] * BURST
+        + ["list_groups from 10.0.0.8 broke its handler"])
+    assert all(r.exc_info and "a bug" in str(r.exc_info[1]) for r in lines)
 
-        monkeypatch.setitem(commands.HANDLERS, "list_groups", broken)
-        caplog.set_level(logging.WARNING, logger="trackers.server")
-        for rid in range(200):
-            reply = server.handle(Request("list_groups", "cid-1", rid), source="10.0.0.7")
-            assert reply is not None and reply.code == "internal_error", reply
-        server.handle(Request("list_groups", "cid-2", 1), source="10.0.0.8")
-        lines = [r for r in caplog.records if "broke its handler" in r.getMessage()]
-        assert [r.getMessage() for r in lines] == (
-            ["list_groups from 10.0.0.7 broke its handler"] * BURST
-            + ["list_groups from 10.0.0.8 broke its handler"])
-        assert all(r.exc_info and "a bug" in str(r.exc_info[1]) for r in lines)
+    # A bug after the hash, in the hashed request's own path.
+    def no_context() -> commands.Context:
+        raise RuntimeError("another bug")
 
-        # A bug after the hash, in the hashed request's own path.
-        def no_context() -> commands.Context:
-            raise RuntimeError("another bug")
-
-        done: Future[bytes] = Future()
-        done.set_result(b"h")
-        job = server_mod._Hashing(Request("login", "cid-3", 1, {"user": "ann"}), [b"x"],
-                                  "10.0.0.9", b"s", "pw", b"s", done)
-        monkeypatch.setattr(job, "context", no_context)
-        for _ in range(20):
-            server._hashed(job)
-        dropped = [r for r in caplog.records
-                   if r.getMessage() == "dropped a login from 10.0.0.9 that broke its handler"]
-        assert len(dropped) == BURST and all(r.exc_info for r in dropped)
-    finally:
-        server.close()
-        ctx.term()
+    done: Future[bytes] = Future()
+    done.set_result(b"h")
+    job = server_mod._Hashing(Request("login", "cid-3", 1, {"user": "ann"}), [b"x"],
+                              "10.0.0.9", b"s", "pw", b"s", done)
+    monkeypatch.setattr(job, "context", no_context)
+    for _ in range(20):
+        server._hashed(job)
+    dropped = [r for r in caplog.records
+               if r.getMessage() == "dropped a login from 10.0.0.9 that broke its handler"]
+    assert len(dropped) == BURST and all(r.exc_info for r in dropped)
