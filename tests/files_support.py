@@ -229,3 +229,20 @@ class Probe:
     def close(self) -> None:
         self.sock.close(0)
 
+
+class StandIn:
+    """Stands in for the TrackerClient of an in-process ``Client``: holds the real one
+    (closed with it) and records the requests and settles it is asked for; ``call`` is
+    the subclass's script."""
+
+    token: str | None = None
+
+    def __init__(self, real: TrackerClient) -> None:
+        self.real = real
+        self.calls: list[str] = []
+
+    def settle(self) -> None:
+        self.calls.append("settle")
+
+    def close(self, wait: bool = True) -> None:
+        self.real.close(wait)

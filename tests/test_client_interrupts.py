@@ -27,7 +27,13 @@ from peers.piece_server import PieceServer
 from peers.repl import Repl
 from peers.shares import SavedShare, Source
 from peers.tracker_client import TrackerClient
-from tests.files_support import client_without_trackers, group_of, make_file, seeders
+from tests.files_support import (
+    StandIn,
+    client_without_trackers,
+    group_of,
+    make_file,
+    seeders,
+)
 from tests.procs import ClientProc, Cluster, cluster, free_port, tracker_events, wait_for
 from tests.test_replication_kit import wait_converged
 
@@ -155,20 +161,14 @@ def test_an_exception_mid_exchange_drops_the_req_socket(
         tracker.close()
 
 
-class FailingTracker:
-    """Stands in for the TrackerClient: every request fails with a bug."""
+class FailingTracker(StandIn):
+    """Every request fails with a bug."""
 
-    def __init__(self, real: TrackerClient) -> None:
-        self.real = real
-        self.token: str | None = "t"
-        self.calls: list[str] = []
+    token: str | None = "t"
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
         self.calls.append(op)
         raise RuntimeError(f"bug in {op}")
-
-    def close(self) -> None:
-        self.real.close()
 
 
 def test_ping_loop_and_close_survive_unexpected_errors(
@@ -398,23 +398,6 @@ def test_ctrl_c_while_the_tracker_takes_an_upload_leaves_it_not_shared(
     # And the file can be shared as usual afterwards.
     alice.ok(f"upload_file {path} g")
     assert seeders(bob, "g", "f.bin") == 1
-
-
-class StandIn:
-    """Stands in for the TrackerClient, recording the requests and settles it is asked
-    for; ``call`` is the subclass's script."""
-
-    token: str | None = None
-
-    def __init__(self, real: TrackerClient) -> None:
-        self.real = real
-        self.calls: list[str] = []
-
-    def settle(self) -> None:
-        self.calls.append("settle")
-
-    def close(self, wait: bool = True) -> None:
-        self.real.close(wait)
 
 
 class HungShare(StandIn):

@@ -13,7 +13,7 @@ import pytest
 
 from p2p.errors import ProtocolError, RemoteError
 from peers.tracker_client import TrackerClient
-from tests.files_support import client_without_trackers, login, make_file
+from tests.files_support import StandIn, client_without_trackers, login, make_file
 from tests.procs import Cluster, cluster, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -53,14 +53,13 @@ def test_the_next_user_does_not_see_or_serve_the_shares_of_an_ended_session(
 
 # --- the ping thread against a login on the REPL thread --------------------------------
 
-class SlowToTellTracker:
-    """Stands in for the TrackerClient: knows the tokens of live sessions, and holds a
-    refused ping's answer until told, like a ping thread that heard ``not_logged_in`` and
-    was descheduled before acting on it."""
+class SlowToTellTracker(StandIn):
+    """Knows the tokens of live sessions, and holds a refused ping's answer until told,
+    like a ping thread that heard ``not_logged_in`` and was descheduled before acting on
+    it."""
 
     def __init__(self, real: TrackerClient) -> None:
-        self.real = real
-        self.token: str | None = None
+        super().__init__(real)
         self.live: set[str] = set()
         self.refused = threading.Event()  # a ping was refused and waits to say so
         self.release = threading.Event()
@@ -82,9 +81,6 @@ class SlowToTellTracker:
         if op == "logout":
             self.live.discard(token)
         return None
-
-    def close(self, wait: bool = True) -> None:
-        self.real.close(wait)
 
 
 def test_a_refused_ping_of_an_old_session_does_not_end_the_next_login(
@@ -114,13 +110,12 @@ def test_a_refused_ping_of_an_old_session_does_not_end_the_next_login(
         client.close(logout=False)
 
 
-class InterruptedLogin:
+class InterruptedLogin(StandIn):
     """A tracker connection whose login call is interrupted by Ctrl-C mid-way: the
     tracker may or may not have taken it."""
 
     def __init__(self, real: TrackerClient) -> None:
-        self.real = real
-        self.token: str | None = None
+        super().__init__(real)
         self.pinged = threading.Event()
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
@@ -129,9 +124,6 @@ class InterruptedLogin:
         if op == "ping":
             self.pinged.set()
         return None
-
-    def close(self, wait: bool = True) -> None:
-        self.real.close(wait)
 
 
 def test_a_login_interrupted_by_ctrl_c_keeps_no_session_alive(
@@ -153,14 +145,13 @@ def test_a_login_interrupted_by_ctrl_c_keeps_no_session_alive(
 
 # --- a download answered just before the session ends ----------------------------------
 
-class SlowFileInfo:
-    """Stands in for the TrackerClient: knows the tokens of live sessions, and holds its
-    answer to file_info until told (the trackers can end the session meanwhile)."""
+class SlowFileInfo(StandIn):
+    """Knows the tokens of live sessions, and holds its answer to file_info until told
+    (the trackers can end the session meanwhile)."""
 
     def __init__(self, real: TrackerClient, peer: str) -> None:
-        self.real = real
+        super().__init__(real)
         self.peer = peer
-        self.token: str | None = None
         self.live: set[str] = set()
         self.asked = threading.Event()
         self.release = threading.Event()
@@ -182,9 +173,6 @@ class SlowFileInfo:
         if token not in self.live:
             raise RemoteError("not logged in: use login <user_id> <password>", "not_logged_in")
         return None
-
-    def close(self, wait: bool = True) -> None:
-        self.real.close(wait)
 
 
 def test_a_download_answered_as_the_session_ends_does_not_outlive_it(

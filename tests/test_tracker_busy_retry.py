@@ -89,6 +89,17 @@ def silent(number: int) -> TrackerAddress:
     return TrackerAddress(number, "127.0.0.1", free_port())
 
 
+def failure(tracker: TrackerClient, op: str = "login",
+            args: dict[str, Any] | None = None) -> ProtocolError:
+    """The error ``op`` ends with (it must fail); the client is closed after."""
+    try:
+        with pytest.raises(ProtocolError) as failed:
+            tracker.call(op, args)
+    finally:
+        tracker.close()
+    return failed.value
+
+
 def test_a_busy_tracker_gets_the_same_request_again_until_it_takes_it(
         fakes: Callable[..., FakeTracker]) -> None:
     fake = fakes(busy_then_ok(3))
@@ -109,14 +120,10 @@ def test_busy_past_the_deadline_is_one_busy_error_after_a_few_tries(
     fake = fakes(busy_then_ok(10**9))
     tracker = TrackerClient([fake.address], give_up_after=1.5)
     began = time.monotonic()
-    try:
-        with pytest.raises(ProtocolError) as failed:
-            tracker.call("create_user", {"user": "bob", "password": "pw"})
-    finally:
-        tracker.close()
+    failed = failure(tracker, "create_user", {"user": "bob", "password": "pw"})
     took = time.monotonic() - began
-    assert failed.value.code == "busy"
-    assert str(failed.value) == f"{BUSY_ERROR} (still busy after 2 s of retries)"
+    assert failed.code == "busy"
+    assert str(failed) == f"{BUSY_ERROR} (still busy after 2 s of retries)"
     # Not before the deadline, and little after it (a loaded machine adds some).
     assert 1.5 <= took < 3.0, took
     # A backoff that doubles from 0.05-0.1 s: no more than 7 tries in 1.5 s.
@@ -173,12 +180,8 @@ def test_busy_then_a_silent_deadline_still_says_busy(
     is not "no tracker answered"."""
     busy = fakes(busy_then_ok(10**9))
     tracker = TrackerClient([busy.address, silent(2)], give_up_after=1.0)
-    try:
-        with pytest.raises(ProtocolError) as failed:
-            tracker.call("login")
-    finally:
-        tracker.close()
-    assert failed.value.code == "busy", failed.value
+    failed = failure(tracker)
+    assert failed.code == "busy", failed
 
 
 def test_ctrl_c_during_the_busy_backoff_interrupts_and_the_next_call_works(
@@ -221,13 +224,9 @@ def test_a_tracker_that_said_busy_and_then_went_silent_is_no_tracker_at_the_dead
     holder.append(fake)
     fake.answer = busy_then_gone
     tracker = TrackerClient([fake.address, silent(2)], give_up_after=2.0)
-    try:
-        with pytest.raises(ProtocolError) as failed:
-            tracker.call("login")
-    finally:
-        tracker.close()
+    failed = failure(tracker)
     assert len(fake.requests) == 1
-    assert failed.value.code == "no_tracker", failed.value
+    assert failed.code == "no_tracker", failed
 
 
 def test_a_busy_tracker_that_misses_one_attempt_is_still_busy_at_the_deadline(
@@ -243,10 +242,6 @@ def test_a_busy_tracker_that_misses_one_attempt_is_still_busy_at_the_deadline(
 
     fake = fakes(busy_then_slow)
     tracker = TrackerClient([fake.address], give_up_after=0.4)
-    try:
-        with pytest.raises(ProtocolError) as failed:
-            tracker.call("login")
-    finally:
-        tracker.close()
+    failed = failure(tracker)
     assert len(fake.requests) == 2, len(fake.requests)  # busy, then the slow one
-    assert failed.value.code == "busy", failed.value
+    assert failed.code == "busy", failed
