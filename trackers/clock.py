@@ -13,8 +13,8 @@ from collections.abc import Callable
 _COUNTER_BITS = 16
 # Observed timestamps move the clock at most this far: about the year 4200 in
 # wall-clock milliseconds, so no real clock's stamp is affected, and the stamps made
-# after it stay far below 2**63, the most the event log can store.  A stranger's
-# event stamped near 2**63 would otherwise leave every later write unstorable.
+# after it stay far below 2**63, the most the event log can store.  A buggy or
+# compromised peer's event stamped near 2**63 would otherwise leave every later write unstorable.
 OBSERVE_CEILING = 2**62
 
 

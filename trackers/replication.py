@@ -172,9 +172,10 @@ class Replication:
         # how the SUB's monitor events (one socket, every peer) are told apart.
         self._endpoints: dict[str, int] = {}
         self._linked: set[int] = set()  # peers our DEALER completed a handshake with
-        self._failed: dict[int, int] = defaultdict(int)  # handshakes failed in a row
+        # handshakes failed in a row; from KEY_MISMATCH_AFTER on, the peer is named in the
+        # log as having another key (until one succeeds)
+        self._failed: dict[int, int] = defaultdict(int)
         self._dialed: dict[tuple[zmq.Socket[Any], int], float] = {}  # connected at
-        self._refused: set[int] = set()  # peers named in the log as having another key
         self._redial: dict[tuple[zmq.Socket[Any], str], float] = {}
         self._auth: ThreadAuthenticator | None = None
         try:
@@ -207,7 +208,8 @@ class Replication:
         self._ready_at = 0.0
         self._live: dict[int, bool] = {}
         self._catch_ups = CatchUpQueue()
-        # Lines about what strangers send: a flood of garbage must not flood the log.
+        # Lines about bad messages (from a buggy peer; strangers fail the handshake, and
+        # a peer with another key keeps failing it): a flood must not flood the log.
         self._bad = BoundedLog(log)
         self.stats: dict[str, int] = defaultdict(int)
 
@@ -348,11 +350,9 @@ class Replication:
         if kind == zmq.EVENT_CONNECTED:
             self._dialed[(sock, peer)] = now
         elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            self._failed[peer] = 0
             if sock is self.dealers.get(peer):
                 self._linked.add(peer)
-            if peer in self._refused:
-                self._refused.discard(peer)
+            if self._failed.pop(peer, 0) >= KEY_MISMATCH_AFTER:  # it was named in the log
                 log.info("%s shares our cluster key now", self._addresses[peer])
         elif kind == zmq.EVENT_DISCONNECTED:
             # Only a link that was up: a failed handshake disconnects too, every 0.1 s.
@@ -362,14 +362,14 @@ class Replication:
                 self.view.suspect(peer)
         elif kind & _HANDSHAKE_FAILED:
             self.stats["handshakes_failed"] += 1
+            named = self._failed[peer] >= KEY_MISMATCH_AFTER  # in the log already
             if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
                 if now - started < QUICK_FAILURE:
                     self._failed[peer] += 1
             else:  # zmq gave this endpoint up: dial it again later
-                self._failed[peer] = KEY_MISMATCH_AFTER
+                self._failed[peer] = max(self._failed[peer], KEY_MISMATCH_AFTER)
                 self._redial.setdefault((sock, endpoint), now + REDIAL_AFTER)
-            if self._failed[peer] >= KEY_MISMATCH_AFTER and peer not in self._refused:
-                self._refused.add(peer)
+            if self._failed[peer] >= KEY_MISMATCH_AFTER and not named:
                 self._bad.warning("trackers without our cluster key", str(peer),
                                   "%s does not share our cluster key (%s): replication "
                                   "with it is refused", self._addresses[peer],

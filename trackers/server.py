@@ -208,7 +208,7 @@ class TrackerServer:
                         or (self._deferred and self.replication.ready(now))):
                     self._serve_clients()
                 # After the clients, and a few at a time: a flood of catch-up requests
-                # (anyone can send them) must not keep clients waiting.
+                # (from any holder of the cluster key) must not keep clients waiting.
                 self.replication.answer_catch_ups()
                 self.step(time.monotonic())
         finally:
