@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,12 +56,47 @@ PIPELINE_SECONDS = 0.05  # keep this much of a peer's measured rate in flight
 CANCEL_LINGER_MS = 200  # a closed link's cancels get this long to reach the peer
 CHECK_WORKERS = 4  # threads hashing and writing pieces (hashlib and pwrite free the GIL)
 MAX_CHECKING = 32  # pieces waiting to be checked beyond which no new request goes out
+# Peer links one download keeps open at once.  Every link with a piece we lack holds at
+# least MIN_CREDIT requests, so the links set the least that is in flight: 16 x 2 = 32
+# pieces (16 MiB), as many as MAX_CHECKING lets wait for the checkers, and well inside the
+# picker's WINDOW (48) and the 64 pieces the whole-file SHA1 holds ahead of where it is:
+# with 50 links, 100 pieces in flight, many would land beyond it and be read back.
+# BitTorrent clients keep more (Transmission 50 per torrent; libtorrent 200 a session,
+# none per torrent), but most of those are choked, and libtorrent unchokes 8 peers; here
+# every member serves every link, so 16 sources at once is already more than enough.
+# A tracker lists up to 50: the rest are met as links drop, or as a link left with
+# nothing we lack makes room for a peer the tracker says has some (see plan_links).
+MAX_PEER_LINKS = 16
 
 
 def not_member_retry(refusals: int) -> float:
     """How long to leave a peer alone after its ``refusals``-th not_member in a row."""
     return float(min(NOT_MEMBER_RETRY_FIRST * 2 ** min(refusals - 1, 32),
                      NOT_MEMBER_RETRY_MAX))
+
+
+def plan_links(candidates: Sequence[tuple[str, bool]], open_links: int,
+               idle: Sequence[str], cap: int) -> tuple[list[str], list[str]]:
+    """Which peers to dial and which links to close for them, keeping at most ``cap``.
+
+    ``candidates`` are peers we have no link to, in the tracker's order, each with
+    whether the tracker says it has a piece we lack; ``idle`` are open links (of
+    ``open_links``) that have nothing we lack and nothing in flight, first to go first.
+    Peers with pieces we lack are dialled first; one that finds no free slot takes an
+    idle link's place.  The others take only free slots, and wait for a later refresh.
+    """
+    free, spare = max(cap - open_links, 0), list(idle)
+    dial: list[str] = []
+    close: list[str] = []
+    for addr, useful in sorted(candidates, key=lambda c: not c[1]):  # stable: useful first
+        if free:
+            free -= 1
+        elif useful and spare:
+            close.append(spare.pop(0))
+        else:
+            continue
+        dial.append(addr)
+    return dial, close
 
 
 class Host(Protocol):
@@ -271,7 +306,7 @@ class Download:
             self._in_background(self.host.share_partial, source)
             self._shared = True
             announced_at = time.monotonic()
-        self._connect_peers(self.info.get("peers", []))
+        self._connect_peers(self.info.get("peers", []), picker)
         refreshed_at = time.monotonic()
         refreshing: Future[list[dict[str, Any]] | None] | None = None
         announcing: tuple[int, Future[bool]] | None = None  # (pieces told, the call)
@@ -286,7 +321,7 @@ class Download:
                                        or (not self._links and now - refreshed_at > 0.5)):
                 refreshing = self._in_background(self._fetch_peers)
             if refreshing is not None and refreshing.done():
-                self._connect_peers(refreshing.result() or [])
+                self._connect_peers(refreshing.result() or [], picker)
                 refreshing, refreshed_at = None, now
             self._check_timeouts(picker, now)
             self._fill_pipelines(picker)
@@ -321,26 +356,53 @@ class Download:
 
     # --- peers --------------------------------------------------------------------------
 
-    def _connect_peers(self, peers: list[dict[str, Any]]) -> None:
+    def _connect_peers(self, peers: list[dict[str, Any]], picker: Picker) -> None:
+        """Dial the listed peers we have no link to, within MAX_PEER_LINKS (plan_links)."""
         now = time.monotonic()
+        candidates: dict[str, dict[str, Any]] = {}
         for peer in peers:
             addr = peer.get("addr")
-            if (not isinstance(addr, str) or addr in self._links or addr in self._banned
-                    or self._retry_at.get(addr, 0.0) > now):
-                continue
-            sock = self._context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVHWM, 0)  # the credit limits what is in flight
-            sock.setsockopt(zmq.MAXMSGSIZE, PIECE_SIZE + 64 * 1024)
-            sock.connect(f"tcp://{addr}")
-            # Each peer gets the ticket the tracker issued for it alone: a ticket that
-            # worked at any peer would let the one we send it to pose as us elsewhere.
-            ticket = peer.get("ticket")
-            sock.send(msg.codec.encode(msg.Hello(self.group, self.name, self.sha1,
-                                                 self.host.user or "",
-                                                 ticket if isinstance(ticket, str) else ""
-                                                 ).to_wire()))
-            self._links[addr] = PeerLink(addr, sock, now, last_heard=now)
+            if (isinstance(addr, str) and addr not in self._links and addr not in self._banned
+                    and self._retry_at.get(addr, 0.0) <= now):
+                candidates.setdefault(addr, peer)
+        idle = sorted((link for link in self._links.values() if link.ready
+                       and not link.in_flight and not picker.wanted_from(link.addr)),
+                      key=lambda link: link.last_piece_at)  # those that never gave first
+        dial, close = plan_links([(addr, self._offers(peer, picker))
+                                  for addr, peer in candidates.items()],
+                                 len(self._links), [link.addr for link in idle],
+                                 MAX_PEER_LINKS)
+        for addr in close:
+            self._drop(self._links[addr], picker, "it has nothing we lack; its link goes "
+                       "to a peer that has", RETRY_PEER_AFTER)
+        for addr in dial:
+            self._dial(addr, candidates[addr], now)
+
+    def _offers(self, peer: dict[str, Any], picker: Picker) -> bool:
+        """Whether a listed peer has a piece we lack, as far as the tracker knows."""
+        have = peer.get("have")
+        if have is None:
+            return True  # a seeder
+        try:
+            return isinstance(have, bytes) and picker.lacks_any(
+                Bitfield.from_bytes(self.count, have))
+        except ValueError:
+            return False  # the peer's hello will tell
+
+    def _dial(self, addr: str, peer: dict[str, Any], now: float) -> None:
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)  # the credit limits what is in flight
+        sock.setsockopt(zmq.MAXMSGSIZE, PIECE_SIZE + 64 * 1024)
+        sock.connect(f"tcp://{addr}")
+        # Each peer gets the ticket the tracker issued for it alone: a ticket that
+        # worked at any peer would let the one we send it to pose as us elsewhere.
+        ticket = peer.get("ticket")
+        sock.send(msg.codec.encode(msg.Hello(self.group, self.name, self.sha1,
+                                             self.host.user or "",
+                                             ticket if isinstance(ticket, str) else ""
+                                             ).to_wire()))
+        self._links[addr] = PeerLink(addr, sock, now, last_heard=now)
 
     def _drop(self, link: PeerLink, picker: Picker, why: str, retry_after: float) -> None:
         log.info("dropping peer %s for %s: %s", link.addr, self.name, why)

@@ -301,6 +301,14 @@ class Picker:
         """Pieces currently requested from ``peer``."""
         return set(iter_set_bits(self._peer_inflight.get(peer, 0)))
 
+    def wanted_from(self, peer: str) -> bool:
+        """Whether ``peer`` has a piece we still lack (False for an unknown peer)."""
+        return bool(self._peers.get(peer, 0) & self._missing)
+
+    def lacks_any(self, pieces: Bitfield) -> bool:
+        """Whether ``pieces`` holds a piece we still lack."""
+        return bool(pieces.to_int() & self._missing)
+
     def unavailable(self) -> list[int]:
         """Missing pieces that no connected peer has, ascending."""
         return list(iter_set_bits(self._missing & self._levels[0] & ~self._arrived))

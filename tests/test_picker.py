@@ -518,3 +518,17 @@ def test_rarest_first_looks_only_at_the_lowest_pieces_a_peer_can_give() -> None:
         assert index in window and index < 300
         requested.add(index)
     assert set(range(20, 40)) <= requested  # the rare ones in the window went first
+
+
+def test_which_peers_and_bitfields_have_a_piece_we_lack() -> None:
+    """What a download's links are kept or dropped by (peers.download.plan_links)."""
+    p = picker(4, have=[0])
+    p.add_peer("only-ours", bf(4, [0]))
+    p.add_peer("more", bf(4, [0, 1]))
+    assert not p.wanted_from("only-ours") and p.wanted_from("more")
+    assert not p.wanted_from("unknown")
+    assert not p.lacks_any(bf(4, [0])) and p.lacks_any(bf(4, [0, 3]))
+    assert p.pick("more") == 1
+    p.arrived("more", 1)
+    p.received("more", 1)
+    assert not p.wanted_from("more")  # what it had for us came

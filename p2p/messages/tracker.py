@@ -31,9 +31,10 @@ MAX_SHARED_PIECES = (MAX_REQUEST - _SHARE_ENVELOPE) * 8 // (DIGEST_SIZE * 8 + 1)
 MAX_SHARED_SIZE = MAX_SHARED_PIECES * PIECE_SIZE  # 405.5 GiB
 # The most peers one file_info reply lists (BitTorrent trackers hand out 50 by default).
 # A downloader asks again every 2 s and keeps the peers it met, so it meets others over
-# time; 50 sources at once already keep its pipelines full.  Listing every member made
-# the reply grow with the group: 163 partial holders of the largest file (104 KB of
-# bitfield each) took it over MAX_REPLY, and every downloader was told no_tracker.
+# time; it links to at most 16 at once (peers.download.MAX_PEER_LINKS), and 50 leave it a
+# choice of those that have pieces it lacks.  Listing every member made the reply grow
+# with the group: 163 partial holders of the largest file (104 KB of bitfield each) took
+# it over MAX_REPLY, and every downloader was told no_tracker.
 MAX_LISTED_PEERS = 50
 # Room per listed peer for all but its bitfield: user id (64 bytes), address (up to 259),
 # ticket (64), the keys and msgpack headers (some 40 bytes; generous on purpose).
