@@ -5,6 +5,7 @@ not replicate and say so, and the key file is made once and checked at start."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import stat
@@ -156,6 +157,65 @@ def test_the_key_file_is_created_once_and_then_read(tmp_path: Path) -> None:
     assert not created and again.public == keys.public and again.secret == keys.secret
     assert keys.secret.decode() not in repr(keys)
     assert [p.name for p in tmp_path.iterdir()] == ["k"]  # no temp file left behind
+
+
+EXPOSED = "can be read or written by group or others"
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "trackers.cluster_key" and r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o606, 0o622], ids=oct)
+def test_a_key_file_group_or_others_can_read_or_write_is_used_with_one_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int) -> None:
+    path = tmp_path / "k"
+    keys, _created = load_or_create(path)
+    os.chmod(path, mode)
+    with caplog.at_level(logging.WARNING, logger="trackers.cluster_key"):
+        again, created = load_or_create(path)
+    assert not created and again.public == keys.public  # used all the same
+    lines = _warnings(caplog)
+    assert len(lines) == 1, lines
+    assert EXPOSED in lines[0] and f"(mode {mode:04o})" in lines[0], lines[0]
+    assert f"{path} " in lines[0] and lines[0].endswith(f"chmod 600 {path}"), lines[0]
+    assert path.read_text().split()[-1] not in lines[0]  # the secret is never logged
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400, 0o700, 0o611], ids=oct)
+def test_a_key_file_only_its_owner_can_read_or_write_draws_no_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int) -> None:
+    path = tmp_path / "k"
+    with caplog.at_level(logging.WARNING, logger="trackers.cluster_key"):
+        load_or_create(path)  # created 0600
+        os.chmod(path, mode)
+        load_or_create(path)
+    assert _warnings(caplog) == []
+
+
+def test_a_tracker_warns_once_at_start_of_a_key_file_others_can_read(tmp_path: Path
+                                                                    ) -> None:
+    """The warning reaches the tracker's log, and the tracker still serves; after the
+    chmod it gives, a restart logs no warning."""
+    c = Cluster(tmp_path, trackers=1)
+    load_or_create(c.key_path)
+    c.key_path.chmod(0o644)
+    fix = f"chmod 600 {c.key_path}"
+    try:
+        c.start()
+        assert c.tracker(1).answered_status()["users"] == 0
+        assert c.tracker(1).log_text().count(fix) == 1, c.tracker(1).log_text()
+        c.tracker(1).stop()
+        c.key_path.chmod(0o600)
+        c.tracker(1).start()
+        assert c.tracker(1).log_text().count(fix) == 1, c.tracker(1).log_text()
+        assert c.tracker(1).log_text().count(EXPOSED) == 1
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.close()
 
 
 @pytest.mark.parametrize("content", [b"", b"not hex at all\n", b"abcd\n",

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import secrets
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,14 +109,34 @@ def parse(text: str, source: str) -> ClusterKeys:
 
 
 def load(path: str | Path) -> ClusterKeys:
-    """Read an existing key file; raises ClusterKeyError naming it."""
+    """Read an existing key file; raises ClusterKeyError naming it.  Logs a warning
+    when group or others may read or write it (see ``warn_if_exposed``)."""
     try:
-        text = Path(path).read_text(encoding="ascii")
+        with open(path, "rb") as file:
+            mode = os.fstat(file.fileno()).st_mode  # of what was read, symlink or not
+            text = file.read().decode("ascii")
     except FileNotFoundError:
         raise ClusterKeyError(f"{path}: cluster key file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ClusterKeyError(f"{path}: cannot read the cluster key file: {exc}") from None
-    return parse(text, str(path))
+    keys = parse(text, str(path))
+    warn_if_exposed(path, mode)
+    return keys
+
+
+def warn_if_exposed(path: str | Path, mode: int) -> None:
+    """One warning line if the key file's ``mode`` lets group or others read or write it.
+
+    Like ssh with a private key, but the tracker still starts: the usual way to get
+    such a file is to copy the key to another tracker's host (cp and scp without -p
+    make it 0644 under the common umask), and refusing would turn that routine step
+    into a tracker that is down until someone reads its log; the exposure has already
+    happened by the time we look, and chmod fixes it without a restart."""
+    if os.name == "posix" and stat.S_IMODE(mode) & 0o066:
+        log.warning("cluster key file %s can be read or written by group or others "
+                    "(mode %04o): anyone who can read it can read and forge replication "
+                    "between trackers; fix it with: chmod 600 %s",
+                    path, stat.S_IMODE(mode), path)
 
 
 def load_or_create(path: str | Path) -> tuple[ClusterKeys, bool]:
