@@ -245,6 +245,7 @@ def test_requests_held_while_a_tracker_catches_up_stay_under_64_mib(
     fake: zmq.Socket[Any] = c.keyed_socket(zctx, zmq.ROUTER)
     fake.bind(f"tcp://127.0.0.1:{c.ports[1] + 2}")
     done_posing = threading.Event()
+    posing = threading.Event()  # tracker 1 has had one "more to come": it holds requests
 
     def pose() -> None:
         while not done_posing.is_set():
@@ -252,12 +253,16 @@ def test_requests_held_while_a_tracker_catches_up_stay_under_64_mib(
                 frames = fake.recv_multipart()
                 if isinstance(decode_sync(frames[-1]), CatchUp):
                     fake.send_multipart([frames[0], encode_sync(Batch(2, (), True))])
+                    posing.set()
 
     poser = threading.Thread(target=pose, daemon=True)
     poser.start()
     sock: zmq.Socket[Any] = zctx.socket(zmq.DEALER)
     try:
         c.tracker(1).start()  # it answers status while it catches up
+        # Until the first batch, only a start-up grace of 0.5 s holds requests, and a
+        # loaded machine can take longer than that to finish the CURVE handshake.
+        assert posing.wait(20), "tracker 1 never asked the stand-in to catch up"
         sock.connect(f"tcp://127.0.0.1:{c.ports[0]}")
         big = codec.encode({"op": "list_groups", "cid": "eve", "rid": 1,
                             "args": {"pad": "x" * 8_000_000}})
