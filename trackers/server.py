@@ -206,7 +206,7 @@ class TrackerServer:
                 self.replication.on_ready(ready, now)
                 if (self.frontend in ready or any(h.future.done() for h in self._hashing)
                         or (self._deferred and self.replication.ready(now))):
-                    self._serve_clients()
+                    self._serve_clients(now)
                 # After the clients, and a few at a time: a flood of catch-up requests
                 # (from any holder of the cluster key) must not keep clients waiting.
                 self.replication.answer_catch_ups()
@@ -245,17 +245,22 @@ class TrackerServer:
 
     # --- clients ------------------------------------------------------------------------
 
-    def _serve_clients(self) -> None:
+    def _serve_clients(self, now: float) -> None:
         """Handle what clients sent, with one durable commit for all the writes among it
-        (group commit); no reply leaves before that commit."""
+        (group commit); no reply leaves before that commit.
+
+        Whether we have caught up is judged at ``now``, when this turn began, just after
+        the replication sockets were read: a turn made long by a flood of requests (or a
+        loaded machine) must not run out the grace of a catch-up whose next batch is
+        waiting unread behind it."""
         self._batching = True
         try:
-            if self._deferred and self.replication.ready(time.monotonic()):
+            if self._deferred and self.replication.ready(now):
                 deferred, self._deferred = self._deferred, []
                 self._deferred_bytes = 0
                 log.info("caught up; serving %d requests that came meanwhile", len(deferred))
                 for frames, source in deferred:
-                    self._on_client_safely(frames, source)
+                    self._on_client_safely(frames, source, now)
             for job in [h for h in self._hashing if h.future.done()]:
                 self._hashing.remove(job)
                 self._slots.release(job.source)
@@ -265,7 +270,8 @@ class TrackerServer:
                     parts = self.frontend.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                self._on_client_safely([part.bytes for part in parts], _source(parts[-1]))
+                self._on_client_safely([part.bytes for part in parts], _source(parts[-1]),
+                                       now)
         finally:
             self._batching = False
             self._flush()
@@ -291,15 +297,15 @@ class TrackerServer:
         if reply is not None:
             self._send(job.envelope, reply)
 
-    def _on_client_safely(self, frames: list[bytes], source: str) -> None:
+    def _on_client_safely(self, frames: list[bytes], source: str, now: float) -> None:
         try:
-            self._on_client(frames, source)
+            self._on_client(frames, source, now)
         except Exception:  # one bad message must never stop the tracker
             self._bad.warning("messages that broke their handler", source,
                               "dropped a message from %s that broke its handler", source,
                               exc_info=True)
 
-    def _on_client(self, frames: list[bytes], source: str) -> None:
+    def _on_client(self, frames: list[bytes], source: str, now: float) -> None:
         if len(frames) < 2:
             self._bad.warning("client messages without envelope", source,
                               "dropped a client message without envelope from %s", source)
@@ -319,7 +325,7 @@ class TrackerServer:
                               "bad client request from %s: %s", source, exc)
             self._send(envelope, Reply.failure(-1, exc.code, f"bad request: {exc}"))
             return
-        if req.op != "status" and not self.replication.ready(time.monotonic()):
+        if req.op != "status" and not self.replication.ready(now):
             size = sum(map(len, frames))
             if (len(self._deferred) < _MAX_DEFERRED  # beyond: dropped, the client retries
                     and self._deferred_bytes + size <= _MAX_DEFERRED_BYTES):
