@@ -85,9 +85,24 @@ class TrackerClient:
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
         """Send one request and return its result; raise ProtocolError with the code."""
+        return self._call(op, args, None)
+
+    def call_as(self, token: str, op: str, args: dict[str, Any] | None = None) -> Any:
+        """``call`` in the session with ``token``, and only in it: once this client has
+        ended that session (a logout, or the trackers ended it), the request is refused
+        here with ``not_logged_in``, unsent.  A request queued during one session must
+        never take effect in the next one (the next user's, maybe)."""
+        return self._call(op, args, token)
+
+    def _call(self, op: str, args: dict[str, Any] | None, session: str | None) -> Any:
         with self._lock:
+            if session is not None and session != self.token:
+                raise LocalError("not logged in: the session of this request has ended",
+                                 "not_logged_in")
             self._rid += 1
-            request = Request(op, self.cid, self._rid, args or {}, self.token)
+            # The token named, not self.token read again: a logout and a login on other
+            # threads may change that at any moment.
+            request = Request(op, self.cid, self._rid, args or {}, session or self.token)
             payload = codec.encode(request.to_wire())
             try:
                 reply = self._exchange(payload, request.rid)

@@ -11,6 +11,7 @@ import zmq
 
 from p2p import codec
 from p2p.config import load_tracker_info
+from p2p.errors import LocalError
 from p2p.messages import piece as msg
 from p2p.pieces import PIECE_SIZE
 from peers import client as client_module
@@ -240,6 +241,16 @@ class StandIn:
     def __init__(self, real: TrackerClient) -> None:
         self.real = real
         self.calls: list[str] = []
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        raise NotImplementedError
+
+    def call_as(self, token: str, op: str, args: dict[str, Any] | None = None) -> Any:
+        """``call`` in the session with ``token`` only, as TrackerClient.call_as."""
+        if token != self.token:
+            raise LocalError("not logged in: the session of this request has ended",
+                             "not_logged_in")
+        return self.call(op, args)
 
     def settle(self) -> None:
         self.calls.append("settle")
