@@ -13,6 +13,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -25,9 +26,10 @@ from p2p.pieces import hash_file
 from peers.download import Download
 from peers.malloc_tuning import release_free_memory
 from peers.piece_server import PieceServer
+from peers.share_announcements import ShareAnnouncements
 from peers.shares import Key, SavedShare, ShareRegistry, Source, trusted_mtime
 from peers.ticket_checks import Credentials
-from peers.tracker_client import TrackerClient
+from peers.tracker_client import GIVE_UP_AFTER, TrackerClient
 from peers.transfers import Downloads, Notify
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,11 @@ PING_INTERVAL = 2.0  # trackers log out a client silent for 10 s
 # this client's own session has just ended (its ping finds out within PING_INTERVAL).
 # The piece server then asks the downloader to come back soon rather than refusing it.
 _CANNOT_TELL = ("no_tracker", "not_logged_in")
+# How long a completed download's notice (and ``wait``) waits for a tracker to take
+# its completion: a tracker that is up answers within milliseconds, and then whoever
+# asks right after (list_files, a member about to download from us) finds us listed
+# with the whole file; with none answering the user hears of the file all the same.
+COMPLETION_GRACE = 0.5
 
 
 def _well_formed(user: str, group: str, ticket: str) -> bool:
@@ -90,6 +97,9 @@ class Client:
         except zmq.ZMQError as exc:
             raise LocalError(f"cannot listen on {self.peer_addr}: {exc}", "io_error") from None
         self.server.start()
+        # Through self.tracker at each call, so a tracker set later is the one used.
+        self.announcements = ShareAnnouncements(
+            lambda token, op, args: self.tracker.call_as(token, op, args))
         self._stop = threading.Event()
         self._pinger = threading.Thread(target=self._ping_loop, name="ping", daemon=True)
         self._pinger.start()
@@ -187,6 +197,8 @@ class Client:
         self.user = None
         self.tracker.token = None
         self.registry.active = False
+        # The trackers dropped every share of the session: nothing of it is sent now.
+        self.announcements.drop_pending("the session has ended")
         self.downloads.pause_all()
         self.registry.clear()
 
@@ -318,7 +330,9 @@ class Client:
         for download in running:  # first, so that it announces nothing more
             download.sharing = False
         try:
-            self.tracker.call("unshare", {"group": group, "name": name})
+            # After whatever share, progress or completion of it is being sent; none
+            # not sent yet goes out any more.
+            _outcome(self.announcements.withdraw((group, name), self.tracker.token))
         except ProtocolError as exc:
             # not_shared, yet served here: no piece yet of a running download, or an
             # upload whose withdrawal after a Ctrl-C could not be confirmed.
@@ -385,54 +399,65 @@ class Client:
     def tracker_call(self, op: str, args: dict[str, Any]) -> Any:
         return self.tracker.call(op, args)
 
-    def share_partial(self, source: Source) -> None:
-        """A download has its first verified pieces: serve them and tell the tracker."""
+    def share_partial(self, download: Download, source: Source) -> None:
+        """A download has its first verified pieces: serve them and tell the trackers
+        (in the background)."""
         self.registry.put(source)
         assert source.partial is not None
-        try:
-            self.tracker.call("share", {"group": source.key[0], "name": source.key[1],
-                                        "size": source.size, "sha1": source.partial.sha1,
-                                        "pieces": source.pieces,
-                                        "have": source.partial.have.to_bytes()})
-        except ProtocolError as exc:
-            log.info("could not register partial %s: %s", source.key, exc)
+        self._announce(download, "share", {"size": source.size, "sha1": source.partial.sha1,
+                                           "pieces": source.pieces,
+                                           "have": source.partial.have.to_bytes()})
+
+    def announce_progress(self, download: Download, have: bytes) -> futures.Future[Any]:
+        """Tell the trackers which pieces a download has (in the background)."""
+        return self._announce(download, "have", {"have": have})
+
+    def _announce(self, download: Download, op: str, args: dict[str, Any]
+                  ) -> futures.Future[Any]:
+        """Queue a share-state call of ``download``'s file, sent only while the download
+        is still shared (not after a stop_share)."""
+        return self.announcements.submit(download.key, op, args, self.tracker.token,
+                                         lambda: download.sharing)
 
     def announce_piece(self, key: Key, index: int) -> None:
         self.server.announce(key, index)
 
     def ended(self, download: Download) -> None:
-        """A download completed or failed: share the complete file, tell the user."""
+        """A download completed or failed: share the complete file, tell the user.
+
+        The trackers hear of it in the background, after everything this client told
+        them of the file before (see ShareAnnouncements); the user does not wait for
+        them, but for COMPLETION_GRACE at most."""
         self.downloads.finished(download)
         # Not d.running alone: one that ended a moment ago is still "running" until its
-        # ended() returns (a tracker call or two), and two ending together would each
-        # leave the release to the other.
+        # ended() returns, and two ending together would each leave the release to the
+        # other.
         if not any(d.running and d.state == "downloading"
                    for d in self.downloads.all() if d is not download):
             release_free_memory()  # what the allocator kept for pieces in flight
         if download.state != "complete":
             self.registry.remove(download.key)
-            try:  # its verified pieces were discarded: stop advertising them
-                self.tracker.call("unshare", {"group": download.group, "name": download.name})
-            except ProtocolError as exc:  # not_shared if it never had a piece
-                log.info("could not withdraw failed %s: %s", download.name, exc)
+            # Its verified pieces were discarded: stop advertising them (not_shared, in
+            # the log, if it never had a piece).
+            self.announcements.submit(download.key, "unshare", {}, self.tracker.token)
             self.notify("download_failed", {"group": download.group, "file": download.name,
                                             "message": f"download of {download.name} failed: "
                                                        f"{download.error}"})
             return
         path = download.final_path
-        if not download.sharing:  # stop_share while it ran
-            self.registry.remove(download.key)
-            # A progress note already on its way when sharing stopped may have listed us
-            # again at the tracker: withdraw for good.
-            with contextlib.suppress(ProtocolError):
-                self.tracker.call("unshare", {"group": download.group, "name": download.name})
+        if not download.sharing:  # stop_share while it ran (its unshare came after any
+            self.registry.remove(download.key)  # note of it: see ShareAnnouncements)
         else:
-            self._share_downloaded(download)
+            told = self._share_downloaded(download)
+            if told is not None:
+                futures.wait([told], COMPLETION_GRACE)
         self.notify("download_complete", {"group": download.group, "file": download.name,
                                           "path": str(path),
                                           "message": f"{download.name} downloaded to {path}"})
 
-    def _share_downloaded(self, download: Download) -> None:
+    def _share_downloaded(self, download: Download) -> futures.Future[Any] | None:
+        """Serve a completed download and remember it; the trackers are told in the
+        background (the future of that), unless nobody is logged in any more."""
         path = download.final_path
         # Part of the whole-file hash came from bytes in memory while the file was
         # being written, so its mtime never vouches for it: serve with piece checks.
@@ -442,11 +467,8 @@ class Client:
             self.registry.remember(SavedShare(
                 self.user, download.group, download.name, str(path), download.size,
                 download.sha1, download.pieces.hex(), path.stat().st_mtime_ns))
-            try:
-                self.tracker.call("have", {"group": download.group, "name": download.name,
-                                           "have": None})
-            except ProtocolError as exc:
-                log.info("could not announce completion of %s: %s", download.name, exc)
+            return self._announce(download, "have", {"have": None})
+        return None
 
     def _check_tickets(self, asked: list[Credentials]) -> list[bool]:
         """Whether a tracker vouches for each ticket, in order; ProtocolError
@@ -548,6 +570,10 @@ class Client:
         steps: list[tuple[str, Callable[[], None]]] = [
             ("pausing downloads", self.downloads.pause_all),
             ("stopping the piece server", self.server.stop),
+            # A call being sent gives up within the tracker client's deadline; without
+            # the logout the process is leaving at once.
+            ("stopping the share announcements",
+             lambda: self.announcements.close(GIVE_UP_AFTER + 1 if logout else 0.1)),
             ("closing the tracker connection", lambda: self.tracker.close(wait=logout)),
         ]
         for what, step in steps:
@@ -555,3 +581,13 @@ class Client:
                 step()
             except Exception:
                 log.exception("%s on exit failed", what)
+
+
+def _outcome(future: futures.Future[Any]) -> Any:
+    """The result of a queued tracker call (or its ProtocolError), waited for in steps:
+    Ctrl-C must get through."""
+    while True:
+        try:
+            return future.result(timeout=0.2)
+        except TimeoutError:
+            continue

@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -100,10 +100,16 @@ def plan_links(candidates: Sequence[tuple[str, bool]], open_links: int,
 
 
 class Host(Protocol):
-    """What a download needs from its client."""
+    """What a download needs from its client.
+
+    ``share_partial`` and ``announce_progress`` return at once: the client sends them
+    to the trackers in the background, in order with what it sends when the download
+    ends (see peers.share_announcements).  The future says whether a tracker took it.
+    """
 
     def tracker_call(self, op: str, args: dict[str, Any]) -> Any: ...
-    def share_partial(self, source: Source) -> None: ...
+    def share_partial(self, download: Download, source: Source) -> None: ...
+    def announce_progress(self, download: Download, have: bytes) -> Future[Any]: ...
     def announce_piece(self, key: Key, index: int) -> None: ...
     def ended(self, download: Download) -> None: ...
 
@@ -175,8 +181,6 @@ class Download:
         self._arrivals = 0  # pieces handed to the checkers
         self._unneeded = 0  # piece copies that came when they were no longer wanted
         self._rate_window: collections.deque[tuple[float, int]] = collections.deque()
-        # The thread that makes this download's tracker calls (see _transfer)
-        self._calls: ThreadPoolExecutor | None = None
         self._thread = threading.Thread(target=self._main, name=f"download-{name}", daemon=True)
 
     # --- control ------------------------------------------------------------------------
@@ -269,24 +273,26 @@ class Download:
     def _transfer(self, partial: PartialDownload) -> bool:
         """Fetch every missing piece; False if stopped first.
 
-        Tracker calls go to a thread of their own: with every tracker gone a call takes
+        No tracker call is made on this thread: with every tracker gone a call takes
         8 s to give up, and a transfer loop waiting on it would take no piece from the
-        peers that are still there (and then drop them as silent).
+        peers that are still there (and then drop them as silent).  Nor does the end
+        wait for one: the client sends our shares and progress notes in order with the
+        completion, and a refresh of the peers still out is no longer wanted.
         """
         checker = PieceChecker(partial, CHECK_WORKERS)
-        self._calls = ThreadPoolExecutor(1, thread_name_prefix=f"tracker-{self.name}")
         try:
             return self._transfer_with(partial, checker)
         finally:
-            # A progress note still on its way lands before the end is announced: after
-            # it, it would list the complete file as partial again.
-            self._calls.shutdown(wait=True, cancel_futures=True)
             checker.close()
 
     def _in_background(self, call: Callable[..., Any], *args: Any) -> Future[Any]:
-        """Run ``call`` on this download's tracker-call thread, one call at a time."""
-        assert self._calls is not None
-        return self._calls.submit(self._logged, call, *args)
+        """Run ``call`` on a thread of its own (a daemon: it ends with the call, which
+        gives up within the tracker client's deadline, whether or not anyone still
+        wants its answer)."""
+        future: Future[Any] = Future()
+        threading.Thread(target=lambda: future.set_result(self._logged(call, *args)),
+                         name=f"tracker-{self.name}", daemon=True).start()
+        return future
 
     def _logged(self, call: Callable[..., Any], *args: Any) -> Any:
         """``call(*args)``; a bug in it is logged (nobody reads a future's exception)
@@ -303,13 +309,13 @@ class Download:
         announced_at = 0.0
         announced = partial.have.count()  # pieces the tracker was last told about
         if announced and self.sharing:
-            self._in_background(self.host.share_partial, source)
+            self.host.share_partial(self, source)
             self._shared = True
             announced_at = time.monotonic()
         self._connect_peers(self.info.get("peers", []), picker)
         refreshed_at = time.monotonic()
         refreshing: Future[list[dict[str, Any]] | None] | None = None
-        announcing: tuple[int, Future[bool]] | None = None  # (pieces told, the call)
+        announcing: tuple[int, Future[Any]] | None = None  # (pieces told, the call)
         poller = zmq.Poller()
         poller.register(checker.fileno(), zmq.POLLIN)
         polled: list[zmq.Socket[Any]] = []
@@ -341,14 +347,14 @@ class Download:
                 if link.sock in ready:
                     self._drain(link, picker, partial, checker)
             if announcing is not None and announcing[1].done():
-                if announcing[1].result():
+                if announcing[1].exception() is None:  # a tracker took it
                     announced = announcing[0]
                 announcing = None
             if self._have != announced and now - announced_at > ANNOUNCE_EVERY:
                 # Only news: each announcement is an event in every tracker's log.
                 if self.sharing and announcing is None:
-                    announcing = (self._have, self._in_background(
-                        self._announce, partial.have.to_bytes()))
+                    announcing = (self._have, self.host.announce_progress(
+                        self, partial.have.to_bytes()))
                 partial.save_pending()  # verified pieces survive a crash even if none follow
                 announced_at = now
         partial.flush()
@@ -428,7 +434,7 @@ class Download:
 
     def _fetch_peers(self) -> list[dict[str, Any]] | None:
         """The file's peers as a tracker lists them now, each with its fresh ticket
-        (on the tracker-call thread); None if no tracker could say."""
+        (on a thread of its own); None if no tracker could say."""
         try:
             info = self.host.tracker_call("file_info", {"group": self.group, "name": self.name})
         except ProtocolError as exc:
@@ -601,18 +607,8 @@ class Download:
             return
         if not self._shared:
             self._shared = True
-            self._in_background(self.host.share_partial, source)
+            self.host.share_partial(self, source)
         self.host.announce_piece(self.key, index)
-
-    def _announce(self, have: bytes) -> bool:
-        """Tell a tracker which pieces we have (on the tracker-call thread)."""
-        try:
-            self.host.tracker_call("have", {"group": self.group, "name": self.name,
-                                            "have": have})
-        except ProtocolError as exc:
-            log.info("could not announce progress of %s: %s", self.name, exc)
-            return False
-        return True
 
     def _rate(self) -> float:
         now = time.monotonic()

@@ -1,5 +1,5 @@
-"""Two downloads that end within one tracker round trip of each other: the last to end
-must still give the allocator's free memory back (Client.ended)."""
+"""Two downloads that end together (one still in Client.ended when the other ends): the
+last to end must still give the allocator's free memory back (Client.ended)."""
 
 from __future__ import annotations
 
@@ -39,15 +39,16 @@ def test_the_last_of_two_downloads_ending_together_releases(
     a, b = _Download("a"), _Download("b")
     a_in_call, b_ended = threading.Event(), threading.Event()
 
-    def tracker_call(_op: str, args: dict[str, Any]) -> None:
-        if args.get("name") == "a":  # a's ended() waits on the tracker until b has ended
+    def submit(key: tuple[str, str], *_args: Any) -> None:
+        if key[1] == "a":  # a's ended() is held up until b has ended
             a_in_call.set()
             assert b_ended.wait(10)
 
     host = types.SimpleNamespace(
         downloads=types.SimpleNamespace(finished=lambda d: None, all=lambda: [a, b]),
         registry=types.SimpleNamespace(remove=lambda key: None),
-        tracker=types.SimpleNamespace(call=tracker_call),
+        announcements=types.SimpleNamespace(submit=submit),
+        tracker=types.SimpleNamespace(token="t"),
         notify=lambda kind, data: None)
     host.ended = lambda d: Client.ended(host, d)  # type: ignore[arg-type]
     ta = threading.Thread(target=a.end, args=(host,))

@@ -453,10 +453,19 @@ def test_download_goes_on_while_every_tracker_is_down(two_trackers: Cluster,
                                                        tmp_path: Path) -> None:
     """Both trackers die mid-download while the seeder lives: the download keeps taking
     pieces from it (a tracker call that waits 8 s for no answer must not stall the
-    transfer, nor make the seeder look silent) and completes."""
+    transfer, nor make the seeder look silent) and completes; the user hears of it as
+    soon as the file is in place, not after tracker calls that give up 8 s later."""
     alice, bob, data, dest = _trackers_killed_mid_download(two_trackers, tmp_path)
 
-    done(bob, "g", "f.bin", timeout=40)
+    bob.send("wait g f.bin")
+    in_place = wait_for(lambda: (dest / "f.bin").exists() and time.monotonic(), 40,
+                        "the file in place")
+    answer = bob.answer("wait g f.bin", timeout=30)
+    waited = time.monotonic() - in_place
+    assert answer["ok"] and answer["result"][-1]["state"] == "complete", answer
+    assert waited < 2.5, f"wait returned {waited:.1f} s after the file was in place"
+    # The notice is printed before wait's answer.
+    assert [e["file"] for e in bob.events if e["event"] == "download_complete"] == ["f.bin"]
     assert (dest / "f.bin").read_bytes() == data
     assert alice.ok("show_downloads") == []  # alice's client still answers too
 

@@ -1,19 +1,27 @@
 """Share-state calls (partial share, progress and completion ``have``, ``unshare``) reach
-the tracker in order: the queue on its own."""
+the tracker in order, and never hold up a download's end: the queue on its own, then a
+real Client and Download against a hand-made peer and a stand-in tracker."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from p2p.errors import ProtocolError
+from p2p.errors import ProtocolError, RemoteError
+from p2p.pieces import PIECE_SIZE, piece_sha1
+from peers.client import COMPLETION_GRACE
 from peers.share_announcements import ShareAnnouncements
+from peers.tracker_client import TrackerClient
+from tests.files_support import StandIn, client_without_trackers
 from tests.procs import wait_for
+from tests.test_download_cancel import DATA, Peer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -135,3 +143,144 @@ def test_close_is_bounded_and_the_thread_ends_with_the_call_out(wire: Wire) -> N
     wire.release.set()
     wait_for(lambda: not [t for t in threading.enumerate()
                           if t.name == "share-announcements"], 5, "the thread to end")
+
+
+# --- a real client and download ---------------------------------------------------------
+
+HOLD_FOR = 1.0  # a held call waits this long for an unshare that may overtake it
+
+
+class ListingTracker(StandIn):
+    """A tracker that lists what bob's session shares, as a real one does (a ``have``
+    lists its sender again), and records the share-state calls in the order it takes
+    them.  The first call of ``hold`` is slow: it is taken only once an ``unshare`` has
+    arrived, or after HOLD_FOR (then an unshare that overtook it would be undone)."""
+
+    def __init__(self, real: TrackerClient, peer: str, hold: str | None = None,
+                 hang: bool = False) -> None:
+        super().__init__(real)
+        self.peer, self.hold, self.hang = peer, hold, hang
+        self.listed: set[tuple[str, str]] = set()
+        self.taken: list[str] = []  # share-state ops of f.bin, in the order taken
+        self.holding = threading.Event()
+        self.unshared = threading.Event()
+        self.answer = threading.Event()  # with ``hang``: no share-state call is answered
+        self._lock = threading.Lock()
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        args = args or {}
+        if op == "file_info":
+            return {"group": "g", "name": "f.bin", "size": len(DATA),
+                    "sha1": hashlib.sha1(DATA).hexdigest(), "pieces": HASHES,
+                    "peers": [{"user": "alice", "addr": self.peer, "have": None,
+                               "ticket": "t"}]}
+        if op not in ("share", "have", "unshare"):
+            return None  # login, ping, logout
+        if self.hang:
+            assert self.answer.wait(20)
+            raise RemoteError("no tracker answered", "no_tracker")
+        if op == self.hold and not self.holding.is_set():
+            self.holding.set()
+            self.unshared.wait(HOLD_FOR)
+        key = (args["group"], args["name"])
+        with self._lock:
+            self.taken.append(op)
+            if op == "unshare":
+                self.unshared.set()
+                if key not in self.listed:
+                    raise RemoteError(f"{key[1]} is not shared", "not_shared")
+                self.listed.discard(key)
+            else:
+                self.listed.add(key)
+        return None
+
+
+HASHES = b"".join(piece_sha1(DATA[i:i + PIECE_SIZE]) for i in range(0, len(DATA), PIECE_SIZE))
+
+
+@pytest.fixture
+def peers() -> Iterator[list[Peer]]:
+    started: list[Peer] = []
+    yield started
+    for peer in started:
+        peer.stop.set()
+        peer.join(5)
+
+
+def serving(peers: list[Peer], pieces: set[int]) -> Peer:
+    """A peer (alice) that has and serves ``pieces`` of f.bin."""
+    peer = Peer(has=pieces, serves=frozenset(pieces))
+    peer.start()
+    assert peer.ready.wait(5)
+    peers.append(peer)
+    return peer
+
+
+@pytest.mark.parametrize("hold", ["share", "have"])
+def test_stop_share_leaves_the_file_unlisted_whatever_was_on_its_way(
+        hold: str, peers: list[Peer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """bob's download has one piece of two: its partial share, then its progress note,
+    go to a slow tracker.  stop_share while the share is out (the note waiting behind
+    it), or while the note is out: the tracker takes the unshare last, and nothing
+    after it lists the file again."""
+    client = client_without_trackers(tmp_path, monkeypatch)
+    tracker = ListingTracker(client.tracker, serving(peers, {0}).addr, hold)
+    client.tracker = tracker  # type: ignore[assignment]
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    try:
+        client.login("bob", "pw")
+        client.download_file("g", "f.bin", str(dest))
+        wait_for(tracker.holding.is_set, 10, f"bob's {hold} to be out")
+        before = len(tracker.taken)
+        outcome: list[BaseException | None] = []
+
+        def stop_share() -> None:
+            try:
+                client.stop_share("g", "f.bin")
+                outcome.append(None)
+            except BaseException as exc:  # the test looks at it
+                outcome.append(exc)
+
+        stopping = threading.Thread(target=stop_share)
+        stopping.start()
+        stopping.join(10)
+        assert outcome == [None]
+        client.downloads.pause_all()  # whatever it still had to send has gone
+        assert tracker.taken[before:] == [hold, "unshare"], tracker.taken
+        assert KEY not in tracker.listed
+        assert client.registry.get(KEY) is None
+    finally:
+        client.close(logout=False)
+
+
+def test_a_completed_download_is_announced_at_once_while_the_tracker_hangs(
+        peers: list[Peer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No share-state call is answered (as with every tracker down): the download
+    completes, and its notice and ``wait`` come at once, not after those calls."""
+    events: list[tuple[str, float]] = []
+    client = client_without_trackers(
+        tmp_path, monkeypatch, lambda name, data: events.append((name, time.monotonic())))
+    tracker = ListingTracker(client.tracker, serving(peers, {0, 1}).addr, hang=True)
+    client.tracker = tracker  # type: ignore[assignment]
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    try:
+        client.login("bob", "pw")
+        client.download_file("g", "f.bin", str(dest))
+        verified = wait_for(lambda: client.show_downloads()[0]["progress"] == 1.0
+                            and time.monotonic(), 20, "every piece verified")
+        # What `wait` waits for, with a deadline (`wait` itself has none).
+        [download] = client.downloads.find("g", "f.bin")
+        ended = download.wait(COMPLETION_GRACE + 5)
+        returned = time.monotonic() - verified
+        assert ended, "wait did not return within 5 s of the last piece's check"
+        assert returned < COMPLETION_GRACE + 1.0, returned
+        assert [d["state"] for d in client.wait("g", "f.bin")] == ["complete"]
+        assert (dest / "f.bin").read_bytes() == DATA
+        notices = [at - verified for name, at in events if name == "download_complete"]
+        assert len(notices) == 1 and notices[0] < COMPLETION_GRACE + 1.0, notices
+    finally:
+        tracker.answer.set()
+        client.close(logout=False)
