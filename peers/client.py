@@ -88,6 +88,10 @@ class Client:
         # Held while a session begins or ends here, so that the ping thread acting on a
         # refused ping and a login or logout on the REPL thread never interleave.
         self._session_lock = threading.Lock()
+        # Held by stop_share, and by a completed download while it decides to share: a
+        # stop_share in between would otherwise be undone, the file served and shared
+        # again at the next login though the user stopped it.
+        self._sharing_lock = threading.Lock()
         self.registry = ShareRegistry(data_dir)
         # Through self.notify at each call, so a notify set later is the one used.
         self.downloads = Downloads(data_dir, self, lambda event, data: self.notify(event, data))
@@ -326,25 +330,26 @@ class Client:
         """Stop sharing a file, also one still being downloaded (and once it completes)."""
         user = self.require_login()
         check_file_name(name)
-        running = [d for d in self.downloads.find(group, name) if d.running and d.sharing]
-        for download in running:  # first, so that it announces nothing more
-            download.sharing = False
-        try:
-            # After whatever share, progress or completion of it is being sent; none
-            # not sent yet goes out any more.
-            _outcome(self.announcements.withdraw((group, name), self.tracker.token))
-        except ProtocolError as exc:
-            # not_shared, yet served here: no piece yet of a running download, or an
-            # upload whose withdrawal after a Ctrl-C could not be confirmed.
-            served_here = running or self.registry.get((group, name)) is not None
-            if not (served_here and exc.code == "not_shared"):
-                for download in running:
-                    download.sharing = True
-                raise
-        for download in running:  # and after a resume too
-            self.downloads.stop_sharing(download)
-        self.registry.remove((group, name))
-        self.registry.forget(user, group, name)
+        with self._sharing_lock:
+            running = [d for d in self.downloads.find(group, name) if d.running and d.sharing]
+            for download in running:  # first, so that it announces nothing more
+                download.sharing = False
+            try:
+                # After whatever share, progress or completion of it is being sent; none
+                # not sent yet goes out any more.
+                _outcome(self.announcements.withdraw((group, name), self.tracker.token))
+            except ProtocolError as exc:
+                # not_shared, yet served here: no piece yet of a running download, or an
+                # upload whose withdrawal after a Ctrl-C could not be confirmed.
+                served_here = running or self.registry.get((group, name)) is not None
+                if not (served_here and exc.code == "not_shared"):
+                    for download in running:
+                        download.sharing = True
+                    raise
+            for download in running:  # and after a resume too
+                self.downloads.stop_sharing(download)
+            self.registry.remove((group, name))
+            self.registry.forget(user, group, name)
 
     def list_shares(self) -> list[dict[str, Any]]:
         """What this client serves now, and how many pieces of each it has sent."""
@@ -445,12 +450,14 @@ class Client:
                                                        f"{download.error}"})
             return
         path = download.final_path
-        if not download.sharing:  # stop_share while it ran (its unshare came after any
-            self.registry.remove(download.key)  # note of it: see ShareAnnouncements)
-        else:
-            told = self._share_downloaded(download)
-            if told is not None:
-                futures.wait([told], COMPLETION_GRACE)
+        told = None
+        with self._sharing_lock:
+            if not download.sharing:  # stop_share while it ran (its unshare came after
+                self.registry.remove(download.key)  # any note of it: ShareAnnouncements)
+            else:
+                told = self._share_downloaded(download)
+        if told is not None:
+            futures.wait([told], COMPLETION_GRACE)
         self.notify("download_complete", {"group": download.group, "file": download.name,
                                           "path": str(path),
                                           "message": f"{download.name} downloaded to {path}"})

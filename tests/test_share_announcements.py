@@ -284,3 +284,39 @@ def test_a_completed_download_is_announced_at_once_while_the_tracker_hangs(
     finally:
         tracker.answer.set()
         client.close(logout=False)
+
+
+def test_stop_share_while_a_completed_download_decides_to_share_lasts(
+        peers: list[Peer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """stop_share comes just as bob's download completes, after it found the file still
+    shared and before it starts serving it: the file is neither served nor shared again
+    at the next login."""
+    client = client_without_trackers(tmp_path, monkeypatch)
+    tracker = ListingTracker(client.tracker, serving(peers, {0, 1}).addr)
+    client.tracker = tracker  # type: ignore[assignment]
+    deciding, stopped = threading.Event(), threading.Event()
+    share_downloaded = client._share_downloaded
+
+    def slow_share(download: Any) -> Any:
+        deciding.set()
+        stopped.wait(2)  # a stop_share that can run now gets the time to finish
+        return share_downloaded(download)
+
+    monkeypatch.setattr(client, "_share_downloaded", slow_share)
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    try:
+        client.login("bob", "pw")
+        client.download_file("g", "f.bin", str(dest))
+        wait_for(deciding.is_set, 20, "the download to complete")
+        client.stop_share("g", "f.bin")
+        stopped.set()
+        assert [d["state"] for d in client.wait("g", "f.bin")] == ["complete"]
+        assert (dest / "f.bin").read_bytes() == DATA
+        assert client.registry.get(KEY) is None
+        assert [s for s in client.registry.saved() if (s.group, s.name) == KEY] == []
+        client.downloads.pause_all()
+        assert KEY not in tracker.listed
+    finally:
+        stopped.set()
+        client.close(logout=False)
