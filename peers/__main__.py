@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
 from p2p.config import ConfigError, load_tracker_info, parse_host_port
+from peers.tracker_client import GIVE_UP_AFTER
 
 USAGE = "p2p-client IP:PORT TRACKER_INFO_FILE [--data-dir DIR] [--json]"
 
@@ -24,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="one JSON line per command")
     parser.add_argument("--upload-limit", type=float, metavar="KIB_PER_S",
                         help="cap what this client uploads to other peers (KiB/s)")
+    parser.add_argument("--request-timeout", type=float, metavar="SECONDS",
+                        default=GIVE_UP_AFTER,
+                        help="how long a command keeps trying the trackers before it fails "
+                             f"with no_tracker, or busy (default {GIVE_UP_AFTER:g})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log detail to stderr")
     return parser
 
@@ -37,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not (math.isfinite(args.request_timeout) and args.request_timeout > 0):
+        parser.error("--request-timeout must be a positive number of seconds")
     if len(args.where) == 3:
         where, info = f"{args.where[0]}:{args.where[1]}", args.where[2]
     elif len(args.where) == 2:
@@ -63,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     limit = args.upload_limit * 1024 if args.upload_limit else None
     try:
         client = Client(trackers, host, port, data_dir, upload_limit=limit,
+                        give_up_after=args.request_timeout,
                         notify=lambda name, data: repl_box[0].event(name, data)
                         if repl_box else None)
     except LocalError as exc:

@@ -183,9 +183,9 @@ class TrackerClient:
                 if busy:  # a tracker is there, only loaded: say so
                     said = next(iter(busy.values()))[0]
                     raise RemoteError(f"{said.error} (still busy after "
-                                      f"{self._give_up_after:.0f} s of retries)", BUSY)
+                                      f"{self._give_up_after:g} s of retries)", BUSY)
                 raise LocalError(
-                    f"no tracker answered within {self._give_up_after:.0f} s", "no_tracker"
+                    f"no tracker answered within {self._give_up_after:g} s", "no_tracker"
                 )
             if attempts % len(self.trackers) == 0:
                 # A whole round failed: back off with jitter so clients don't stampede,

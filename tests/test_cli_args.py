@@ -88,6 +88,8 @@ def test_python_dash_m_help() -> None:
     (["300.1.1.1:4000", "INFO"], "invalid IPv4"),
     (["127.0.0.1:4000", "MISSING"], "file not found"),
     (["127.0.0.1:4000", "BAD"], ":2:"),
+    (["127.0.0.1:4000", "INFO", "--request-timeout", "0"], "positive number of seconds"),
+    (["127.0.0.1:4000", "INFO", "--request-timeout", "inf"], "positive number of seconds"),
 ])
 def test_client_refuses_bad_arguments(tmp_path: Path, where: list[str], says: str) -> None:
     info = tmp_path / "info.txt"
