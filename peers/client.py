@@ -29,7 +29,7 @@ from peers.piece_server import PieceServer
 from peers.share_announcements import ShareAnnouncements
 from peers.shares import Key, SavedShare, ShareRegistry, Source, trusted_mtime
 from peers.ticket_checks import Credentials
-from peers.tracker_client import GIVE_UP_AFTER, TrackerClient
+from peers.tracker_client import TrackerClient
 from peers.transfers import Downloads, Notify
 
 log = logging.getLogger(__name__)
@@ -580,7 +580,8 @@ class Client:
             # A call being sent gives up within the tracker client's deadline; without
             # the logout the process is leaving at once.
             ("stopping the share announcements",
-             lambda: self.announcements.close(GIVE_UP_AFTER + 1 if logout else 0.1)),
+             lambda: self.announcements.close(
+                 self.tracker.give_up_after + 1 if logout else 0.1)),
             ("closing the tracker connection", lambda: self.tracker.close(wait=logout)),
         ]
         for what, step in steps:

@@ -63,7 +63,7 @@ class TrackerClient:
         self.token: str | None = None
         self._context = context or zmq.Context.instance()
         self._attempt_timeout = attempt_timeout
-        self._give_up_after = give_up_after
+        self.give_up_after = give_up_after  # how long one call tries the trackers
         self._on_failover = on_failover
         self._rid = 0
         self._current = 0
@@ -141,7 +141,7 @@ class TrackerClient:
             self._lock.release()
 
     def _exchange(self, payload: bytes, rid: int) -> Reply:
-        deadline = time.monotonic() + self._give_up_after
+        deadline = time.monotonic() + self.give_up_after
         attempts = 0  # unanswered or answered busy
         # tracker index -> its busy answer to this request, and how many attempts in a
         # row it has been silent since.  One silent that often since is not said to be
@@ -183,9 +183,9 @@ class TrackerClient:
                 if busy:  # a tracker is there, only loaded: say so
                     said = next(iter(busy.values()))[0]
                     raise RemoteError(f"{said.error} (still busy after "
-                                      f"{self._give_up_after:g} s of retries)", BUSY)
+                                      f"{self.give_up_after:g} s of retries)", BUSY)
                 raise LocalError(
-                    f"no tracker answered within {self._give_up_after:g} s", "no_tracker"
+                    f"no tracker answered within {self.give_up_after:g} s", "no_tracker"
                 )
             if attempts % len(self.trackers) == 0:
                 # A whole round failed: back off with jitter so clients don't stampede,

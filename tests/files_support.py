@@ -247,6 +247,7 @@ class StandIn:
     def __init__(self, real: TrackerClient) -> None:
         self.real = real
         self.calls: list[str] = []
+        self.give_up_after = real.give_up_after
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
         raise NotImplementedError
