@@ -42,11 +42,26 @@ def _ephemeral_range() -> range:
     return range(low, high + 1)
 
 
+def _this_workers_share(pool: range) -> range:
+    """The slice of ``pool`` this pytest-xdist worker draws from (all of it when the
+    tests run in one process).  ``_taken`` is per process: disjoint slices keep one
+    worker from handing out a port another has handed out but not bound yet, or that a
+    tracker it restarts is about to bind again."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if count <= 1 or not worker.startswith("gw") or not worker[2:].isdigit():
+        return pool
+    size = len(pool) // count
+    start = pool.start + int(worker[2:]) % count * size
+    return range(start, start + size)
+
+
 # Ports are drawn below the kernel's ephemeral range, so an outgoing connection's
 # source port can never take a port a test is about to (re)bind.
 _EPHEMERAL = _ephemeral_range()
-_POOL = range(20000, min(_EPHEMERAL.start, 32768)) if _EPHEMERAL.start > 21000 else range(
-    _EPHEMERAL.stop, 65000)
+_POOL = _this_workers_share(
+    range(20000, min(_EPHEMERAL.start, 32768)) if _EPHEMERAL.start > 21000
+    else range(_EPHEMERAL.stop, 65000))
 
 
 def free_port() -> int:
@@ -65,8 +80,8 @@ def free_port_block(span: int = 5) -> int:
     for _ in range(200):
         base = free_port()
         block = range(base, base + span)
-        if base + span < 65536 and all(p == base or (p not in _taken and _bindable(p))
-                                       for p in block):
+        if base + span <= _POOL.stop and all(p == base or (p not in _taken and _bindable(p))
+                                             for p in block):
             _taken.update(block)
             return base
     raise RuntimeError("no block of free ports")
