@@ -278,7 +278,9 @@ def test_requests_held_while_a_tracker_catches_up_stay_under_64_mib(
         # Answered in order, at once: so the tracker has held or dropped every one.
         sock.send_multipart([b"", codec.encode({"op": "status", "cid": "eve", "rid": 2})])
         assert sock.poll(20_000), "no status"
-        held = codec.decode(sock.recv_multipart()[-1])["result"]["deferred"]
+        answer = codec.decode(sock.recv_multipart()[-1])
+        assert answer.get("rid") == 2 and answer.get("ok"), (answer, c.tracker(1).log_text())
+        held = answer["result"]["deferred"]
         assert 0 < held <= 8, held
         done_posing.set()
         poser.join(5)
