@@ -85,6 +85,7 @@ class Peer(threading.Thread):
 
     def __init__(self, index: int | None) -> None:
         super().__init__(daemon=True)
+        self.index = index
         self.bits = Bitfield(COUNT)
         if index is not None:
             self.bits.add(index)

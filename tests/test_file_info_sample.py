@@ -7,25 +7,23 @@ answering with the real file_info from a cap of 2, still meets every peer it nee
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 
 from p2p.errors import LocalError
-from p2p.messages import piece as msg
 from p2p.messages.sync import Event
 from p2p.messages.tracker import MAX_LISTED_PEERS, Reply, Request
-from p2p.pieces import PIECE_SIZE, Bitfield, piece_sha1
+from p2p.pieces import PIECE_SIZE, Bitfield
 from peers import download as download_mod
 from peers.download import Download
 from tests.files_support import OfflineHost
-from tests.procs import free_port, wait_for
+from tests.procs import wait_for
+from tests.test_download_links import COUNT, DATA, HASHES, SHA1
+from tests.test_download_links import Peer as PiecePeer
 from trackers import commands
 from trackers import state as st
 from trackers.commands import Context, choose_peers, session_id, ticket_for
@@ -154,56 +152,14 @@ def test_choose_peers_with_a_small_cap() -> None:
 
 # --- a download whose tracker lists 2 peers at a time -----------------------------------
 
-COUNT = 6
-DATA = bytes(range(256)) * (COUNT * PIECE_SIZE // 256)
-SHA1 = hashlib.sha1(DATA).hexdigest()
-HASHES = b"".join(piece_sha1(DATA[i:i + PIECE_SIZE]) for i in range(0, len(DATA), PIECE_SIZE))
-
-
-class OnePiecePeer(threading.Thread):
-    """A member that holds piece ``index`` of f.bin and nothing else."""
-
-    def __init__(self, index: int) -> None:
-        super().__init__(daemon=True)
-        self.index = index
-        self.port = free_port()
-        self.hellos = 0
-        self.ready = threading.Event()
-        self.stop = threading.Event()
-
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def run(self) -> None:
-        sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.bind(f"tcp://{self.addr}")
-        self.ready.set()
-        bits = Bitfield(COUNT)
-        bits.add(self.index)
-        try:
-            while not self.stop.is_set():
-                if not sock.poll(20):
-                    continue
-                ident, body = sock.recv_multipart()
-                request = msg.parse_request(body)
-                if isinstance(request, msg.Hello):
-                    self.hellos += 1
-                    sock.send_multipart([ident, *msg.bitfield_frame("f.bin", bits.to_bytes())])
-                elif isinstance(request, msg.Get) and request.index == self.index:
-                    start = self.index * PIECE_SIZE
-                    sock.send_multipart([ident, msg.piece_frames("f.bin", self.index),
-                                         DATA[start:start + PIECE_SIZE]])
-        finally:
-            sock.close(0)
+# The same six-piece file and one-piece peers as the link-cap tests.
 
 
 class PlannedTracker(OfflineHost):
     """A tracker in this process: file_info is the real command, on a state where each
     peer shares the piece it holds."""
 
-    def __init__(self, peers: list[OnePiecePeer]) -> None:
+    def __init__(self, peers: list[PiecePeer]) -> None:
         self.state = st.State()
         self.rid = itertools.count(1)
         self.listed: list[set[str]] = []
@@ -218,10 +174,8 @@ class PlannedTracker(OfflineHost):
                    addr=peer.addr)
             _given(self.state, "join_group", group="g", user=user)
             _given(self.state, "accept_request", group="g", user="bob", member=user)
-            bits = Bitfield(COUNT)
-            bits.add(peer.index)
             _given(self.state, "share", sid=f"sid-{user}", group="g", name="f.bin",
-                   size=len(DATA), sha1=SHA1, pieces=HASHES, have=bits.to_bytes())
+                   size=len(DATA), sha1=SHA1, pieces=HASHES, have=peer.bits.to_bytes())
 
     def tracker_call(self, op: str, args: dict[str, Any]) -> Any:
         if op != "file_info":
@@ -234,8 +188,8 @@ class PlannedTracker(OfflineHost):
 
 
 @pytest.fixture
-def one_piece_peers() -> Iterator[list[OnePiecePeer]]:
-    peers = [OnePiecePeer(i) for i in range(COUNT)]
+def one_piece_peers() -> Iterator[list[PiecePeer]]:
+    peers = [PiecePeer(i) for i in range(COUNT)]
     for peer in peers:
         peer.start()
         assert peer.ready.wait(5)
@@ -246,7 +200,7 @@ def one_piece_peers() -> Iterator[list[OnePiecePeer]]:
 
 
 def test_a_download_meets_more_peers_than_one_reply_lists(
-        one_piece_peers: list[OnePiecePeer], tmp_path: Path,
+        one_piece_peers: list[PiecePeer], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Six peers hold one piece each and the tracker lists two at a time: the download
     completes only by keeping the peers it met and adding the ones each refresh lists."""
@@ -270,7 +224,7 @@ def test_a_download_meets_more_peers_than_one_reply_lists(
 
 
 def test_a_download_keeps_peers_the_tracker_no_longer_lists(
-        one_piece_peers: list[OnePiecePeer], tmp_path: Path,
+        one_piece_peers: list[PiecePeer], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """More peers connected at once than any reply lists: none is dropped for being left
     off the latest list (each holds a piece nobody else has, so none could go)."""
