@@ -420,6 +420,28 @@ def test_a_restarted_tracker_catches_up_during_a_flood_of_catch_up_requests(
 # --- a flood of malformed messages and the log --------------------------------------------
 
 FLOOD = 20_000
+# Malformed messages for a piece port: bad bytes, an unknown kind, a list, two frames.
+PEER_GARBAGE: list[list[bytes]] = [[b"\xc1"], [codec.encode({"t": "format_disk"})],
+                                   [codec.encode(["x"])], [b"two", b"frames"]]
+STATUS = codec.encode({"op": "status", "cid": "eve", "rid": 1})
+# ... and for a tracker's client port: bad bytes, a list, an envelope that is not routing
+# ids, an unknown operation (answered, never logged).
+CLIENT_GARBAGE: list[list[bytes]] = [
+    [b"", b"\xc1"], [b"", codec.encode(["x"])], [b"h"] * 17 + [STATUS],
+    [b"", codec.encode({"op": "format_disk", "cid": "eve", "rid": 2})]]
+
+
+def _flood(zctx: zmq.Context[Any], endpoint: str, garbage: list[list[bytes]]
+           ) -> zmq.Socket[Any]:
+    """A DEALER connected to ``endpoint`` that has sent FLOOD messages, ``garbage`` in
+    turn, without reading anything."""
+    sock: zmq.Socket[Any] = zctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.connect(endpoint)
+    for i in range(FLOOD):
+        sock.send_multipart(garbage[i % len(garbage)])
+    return sock
 # What a flood may add to a log: a few lines per kind of trouble, and one summary line per
 # kind every 10 s.  One line per message wrote 29.7 MB for 300,000 frames.
 LOG_GROWTH = 20_000
@@ -457,14 +479,7 @@ def test_a_flood_of_malformed_peer_requests_leaves_a_short_log(
     peer = one_tracker.client("alice")
     assert peer.ok("help login")["usage"]  # up, its piece server listening
     before = peer.log_path.stat().st_size
-    stranger: zmq.Socket[Any] = zctx.socket(zmq.DEALER)
-    stranger.setsockopt(zmq.SNDHWM, 0)
-    stranger.setsockopt(zmq.RCVHWM, 0)
-    stranger.connect(f"tcp://{addr(peer)}")
-    garbage: list[list[bytes]] = [[b"\xc1"], [codec.encode({"t": "format_disk"})],
-                                  [codec.encode(["x"])], [b"two", b"frames"]]
-    for i in range(FLOOD):
-        stranger.send_multipart(garbage[i % len(garbage)])
+    stranger = _flood(zctx, f"tcp://{addr(peer)}", PEER_GARBAGE)
     hello = codec.encode(msg.Hello("g", "f.bin", "0" * 40, "eve", "t").to_wire())
 
     def not_shared(frames: list[bytes]) -> bool:
@@ -492,22 +507,13 @@ def test_a_flood_of_malformed_client_requests_leaves_a_tracker_log_short(
     grew by a few lines."""
     tracker = one_tracker.tracker(1)
     before = tracker.log_path.stat().st_size
-    sock: zmq.Socket[Any] = zctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    sock.connect(f"tcp://127.0.0.1:{one_tracker.ports[0]}")
-    status = codec.encode({"op": "status", "cid": "eve", "rid": 1})
-    unknown = codec.encode({"op": "format_disk", "cid": "eve", "rid": 2})
-    garbage: list[list[bytes]] = [[b"", b"\xc1"], [b"", codec.encode(["x"])],
-                                  [b"h"] * 17 + [status], [b"", unknown]]
-    for i in range(FLOOD):
-        sock.send_multipart(garbage[i % len(garbage)])
+    sock = _flood(zctx, f"tcp://127.0.0.1:{one_tracker.ports[0]}", CLIENT_GARBAGE)
 
     def status_ok(frames: list[bytes]) -> bool:
         reply = codec.decode(frames[-1])
         return bool(reply.get("ok")) and reply["result"]["tracker"] == 1
 
-    _answered_in_order(sock, [b"", status], status_ok, "the status after the flood")
+    _answered_in_order(sock, [b"", STATUS], status_ok, "the status after the flood")
     grown = tracker.log_path.stat().st_size - before
     assert grown < LOG_GROWTH, (grown, tracker.log_text()[-3000:])
     # The first of each kind are told (the count of the rest: in-process, below).
@@ -545,15 +551,9 @@ def test_a_flood_of_malformed_peer_requests_is_told_in_full_as_windows_end(
     server = piece_server.PieceServer("127.0.0.1", port, registry,
                                       lambda asked: [True] * len(asked))
     server.start()
-    stranger: zmq.Socket[Any] = zctx.socket(zmq.DEALER)
+    # Held until the end: a socket that is collected takes its unsent messages with it.
+    stranger = _flood(zctx, f"tcp://127.0.0.1:{port}", PEER_GARBAGE)
     try:
-        stranger.setsockopt(zmq.SNDHWM, 0)
-        stranger.setsockopt(zmq.RCVHWM, 0)
-        stranger.connect(f"tcp://127.0.0.1:{port}")
-        garbage: list[list[bytes]] = [[b"\xc1"], [codec.encode({"t": "format_disk"})],
-                                      [codec.encode(["x"])], [b"two", b"frames"]]
-        for i in range(FLOOD):
-            stranger.send_multipart(garbage[i % len(garbage)])
 
         def accounted() -> int:
             text = _told(caplog, piece_server.__name__)
@@ -587,17 +587,8 @@ def test_a_flood_of_malformed_client_requests_is_told_in_full_as_windows_end(
 
     loop = threading.Thread(target=serve, daemon=True)
     loop.start()
-    sock: zmq.Socket[Any] = zctx.socket(zmq.DEALER)
+    sock = _flood(zctx, f"tcp://127.0.0.1:{me.port}", CLIENT_GARBAGE)  # held, as above
     try:
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.connect(f"tcp://127.0.0.1:{me.port}")
-        status = codec.encode({"op": "status", "cid": "eve", "rid": 1})
-        unknown = codec.encode({"op": "format_disk", "cid": "eve", "rid": 2})
-        garbage: list[list[bytes]] = [[b"", b"\xc1"], [b"", codec.encode(["x"])],
-                                      [b"h"] * 17 + [status], [b"", unknown]]
-        for i in range(FLOOD):
-            sock.send_multipart(garbage[i % len(garbage)])
 
         def accounted() -> int:
             text = _told(caplog, tracker_server.__name__)
