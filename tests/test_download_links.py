@@ -148,6 +148,7 @@ class Counted(Download):
 
 
 def run_peers(peers: list[Peer]) -> Iterator[list[Peer]]:
+    """Start ``peers``, yield them (a fixture's body), then stop them."""
     for peer in peers:
         peer.start()
         assert peer.ready.wait(5)
@@ -157,10 +158,8 @@ def run_peers(peers: list[Peer]) -> Iterator[list[Peer]]:
         peer.join(5)
 
 
-def download(peers: list[Peer], tmp_path: Path) -> Counted:
-    tracker = ListsEveryone(peers)
-    d = Counted(tracker, "g", "f.bin", tmp_path / "f.bin", tmp_path / "resume.json",
-                tracker.tracker_call("file_info", {}))
+def run_to_the_end(d: Download, tmp_path: Path) -> None:
+    """Start ``d`` (of f.bin into ``tmp_path``); it must complete, with DATA."""
     d.start()
     try:
         assert d.wait(40), d.snapshot()
@@ -168,6 +167,13 @@ def download(peers: list[Peer], tmp_path: Path) -> Counted:
         d.stop()
     assert d.state == "complete", d.snapshot()
     assert (tmp_path / "f.bin").read_bytes() == DATA
+
+
+def download(peers: list[Peer], tmp_path: Path) -> Counted:
+    tracker = ListsEveryone(peers)
+    d = Counted(tracker, "g", "f.bin", tmp_path / "f.bin", tmp_path / "resume.json",
+                tracker.tracker_call("file_info", {}))
+    run_to_the_end(d, tmp_path)
     return d
 
 

@@ -22,7 +22,7 @@ from peers import download as download_mod
 from peers.download import Download
 from tests.files_support import OfflineHost
 from tests.procs import wait_for
-from tests.test_download_links import COUNT, DATA, HASHES, SHA1
+from tests.test_download_links import COUNT, DATA, HASHES, SHA1, run_peers, run_to_the_end
 from tests.test_download_links import Peer as PiecePeer
 from trackers import commands
 from trackers import state as st
@@ -189,14 +189,7 @@ class PlannedTracker(OfflineHost):
 
 @pytest.fixture
 def one_piece_peers() -> Iterator[list[PiecePeer]]:
-    peers = [PiecePeer(i) for i in range(COUNT)]
-    for peer in peers:
-        peer.start()
-        assert peer.ready.wait(5)
-    yield peers
-    for peer in peers:
-        peer.stop.set()
-        peer.join(5)
+    yield from run_peers([PiecePeer(i) for i in range(COUNT)])
 
 
 def test_a_download_meets_more_peers_than_one_reply_lists(
@@ -209,13 +202,7 @@ def test_a_download_meets_more_peers_than_one_reply_lists(
     tracker = PlannedTracker(one_piece_peers)
     d = Download(tracker, "g", "f.bin", tmp_path / "f.bin", tmp_path / "resume.json",
                  tracker.tracker_call("file_info", {"group": "g", "name": "f.bin"}))
-    d.start()
-    try:
-        assert d.wait(40), d.snapshot()
-    finally:
-        d.stop()
-    assert d.state == "complete", d.snapshot()
-    assert (tmp_path / "f.bin").read_bytes() == DATA
+    run_to_the_end(d, tmp_path)
     assert d.sources == {peer.addr: 1 for peer in one_piece_peers}
     assert all(len(addrs) <= 2 for addrs in tracker.listed)
     # A peer met once is kept, not dialled again each time the tracker lists it.
