@@ -32,3 +32,14 @@ def zctx() -> Iterator[zmq.Context[Any]]:
         yield ctx
     finally:
         ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def peers() -> Iterator[list[Any]]:
+    """Peer threads (each with a ``stop`` event) that the test appends as it starts them;
+    each is stopped and joined after the test."""
+    started: list[Any] = []
+    yield started
+    for peer in started:
+        peer.stop.set()
+        peer.join(5)

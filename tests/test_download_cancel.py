@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +89,6 @@ class Host(OfflineHost):
 
     def tracker_call(self, op: str, args: dict[str, Any]) -> Any:
         raise LocalError("no tracker in this test", "no_tracker")
-
-
-@pytest.fixture
-def peers() -> Iterator[list[Peer]]:
-    started: list[Peer] = []
-    yield started
-    for peer in started:
-        peer.stop.set()
-        peer.join(5)
 
 
 def start(peers: list[Peer], tmp_path: Path, *new: Peer) -> Download:

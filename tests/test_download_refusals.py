@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +90,6 @@ class ScriptedPeer(threading.Thread):
             index = request.index
             sock.send_multipart([ident, msg.piece_frames("f.bin", index),
                                  self.data[index * PIECE_SIZE:(index + 1) * PIECE_SIZE]])
-
-
-@pytest.fixture
-def peers() -> Iterator[list[ScriptedPeer]]:
-    started: list[ScriptedPeer] = []
-    yield started
-    for peer in started:
-        peer.stop.set()
-        peer.join(5)
 
 
 def run(peers: list[ScriptedPeer], peer: ScriptedPeer) -> ScriptedPeer:

@@ -201,15 +201,6 @@ class ListingTracker(StandIn):
 HASHES = b"".join(piece_sha1(DATA[i:i + PIECE_SIZE]) for i in range(0, len(DATA), PIECE_SIZE))
 
 
-@pytest.fixture
-def peers() -> Iterator[list[Peer]]:
-    started: list[Peer] = []
-    yield started
-    for peer in started:
-        peer.stop.set()
-        peer.join(5)
-
-
 def serving(peers: list[Peer], pieces: set[int]) -> Peer:
     """A peer (alice) that has and serves ``pieces`` of f.bin."""
     peer = Peer(has=pieces, serves=frozenset(pieces))
