@@ -16,9 +16,10 @@ import pytest
 
 from p2p.errors import ProtocolError, RemoteError
 from p2p.pieces import PIECE_SIZE, piece_sha1
-from peers.client import COMPLETION_GRACE
+from peers.client import COMPLETION_GRACE, Client
 from peers.share_announcements import ShareAnnouncements
 from peers.tracker_client import TrackerClient
+from peers.transfers import Notify
 from tests.files_support import StandIn, client_without_trackers
 from tests.procs import wait_for
 from tests.test_download_cancel import DATA, Peer
@@ -210,6 +211,19 @@ def serving(peers: list[Peer], pieces: set[int]) -> Peer:
     return peer
 
 
+def bob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, peer: Peer, *,
+        hold: str | None = None, hang: bool = False, notify: Notify | None = None
+        ) -> tuple[Client, ListingTracker, Path]:
+    """A real client (not logged in yet) whose tracker is a ListingTracker that lists
+    ``peer`` (``hold`` and ``hang`` as there), and the directory it downloads into."""
+    client = client_without_trackers(tmp_path, monkeypatch, notify)
+    tracker = ListingTracker(client.tracker, peer.addr, hold, hang)
+    client.tracker = tracker  # type: ignore[assignment]
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    return client, tracker, dest
+
+
 @pytest.mark.parametrize("hold", ["share", "have"])
 def test_stop_share_leaves_the_file_unlisted_whatever_was_on_its_way(
         hold: str, peers: list[Peer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -218,11 +232,7 @@ def test_stop_share_leaves_the_file_unlisted_whatever_was_on_its_way(
     go to a slow tracker.  stop_share while the share is out (the note waiting behind
     it), or while the note is out: the tracker takes the unshare last, and nothing
     after it lists the file again."""
-    client = client_without_trackers(tmp_path, monkeypatch)
-    tracker = ListingTracker(client.tracker, serving(peers, {0}).addr, hold)
-    client.tracker = tracker  # type: ignore[assignment]
-    dest = tmp_path / "dl"
-    dest.mkdir()
+    client, tracker, dest = bob(tmp_path, monkeypatch, serving(peers, {0}), hold=hold)
     try:
         client.login("bob", "pw")
         client.download_file("g", "f.bin", str(dest))
@@ -254,12 +264,9 @@ def test_a_completed_download_is_announced_at_once_while_the_tracker_hangs(
     """No share-state call is answered (as with every tracker down): the download
     completes, and its notice and ``wait`` come at once, not after those calls."""
     events: list[tuple[str, float]] = []
-    client = client_without_trackers(
-        tmp_path, monkeypatch, lambda name, data: events.append((name, time.monotonic())))
-    tracker = ListingTracker(client.tracker, serving(peers, {0, 1}).addr, hang=True)
-    client.tracker = tracker  # type: ignore[assignment]
-    dest = tmp_path / "dl"
-    dest.mkdir()
+    client, tracker, dest = bob(
+        tmp_path, monkeypatch, serving(peers, {0, 1}), hang=True,
+        notify=lambda name, data: events.append((name, time.monotonic())))
     try:
         client.login("bob", "pw")
         client.download_file("g", "f.bin", str(dest))
@@ -285,9 +292,7 @@ def test_stop_share_while_a_completed_download_decides_to_share_lasts(
     """stop_share comes just as bob's download completes, after it found the file still
     shared and before it starts serving it: the file is neither served nor shared again
     at the next login."""
-    client = client_without_trackers(tmp_path, monkeypatch)
-    tracker = ListingTracker(client.tracker, serving(peers, {0, 1}).addr)
-    client.tracker = tracker  # type: ignore[assignment]
+    client, tracker, dest = bob(tmp_path, monkeypatch, serving(peers, {0, 1}))
     deciding, stopped = threading.Event(), threading.Event()
     share_downloaded = client._share_downloaded
 
@@ -297,8 +302,6 @@ def test_stop_share_while_a_completed_download_decides_to_share_lasts(
         return share_downloaded(download)
 
     monkeypatch.setattr(client, "_share_downloaded", slow_share)
-    dest = tmp_path / "dl"
-    dest.mkdir()
     try:
         client.login("bob", "pw")
         client.download_file("g", "f.bin", str(dest))
