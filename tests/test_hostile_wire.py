@@ -540,6 +540,24 @@ def _told(caplog: pytest.LogCaptureFixture, logger: str) -> str:
     return "\n".join(r.getMessage() for r in caplog.records if r.name == logger)
 
 
+def _told_in_full(caplog: pytest.LogCaptureFixture, logger: str,
+                  kinds: list[tuple[str, str]], messages: int) -> None:
+    """``logger``'s lines and summaries come to account for exactly ``messages`` messages
+    of ``kinds`` (each a line and its summary, as in _accounted), with a summary at the
+    end of a window, in a few lines a window rather than one a message."""
+
+    def accounted() -> int:
+        text = _told(caplog, logger)
+        return sum(_accounted(text, line, summary) for line, summary in kinds)
+
+    wait_for(lambda: accounted() >= messages, 30, "the log to account for every bad message",
+             interval=0.1)
+    assert accounted() == messages
+    text = _told(caplog, logger)
+    assert f"in the last {SHORT_WINDOW:g} s" in text, text[-3000:]
+    assert len(caplog.records) < FLOOD // 100, len(caplog.records)
+
+
 def test_a_flood_of_malformed_peer_requests_is_told_in_full_as_windows_end(
         tmp_path: Path, zctx: zmq.Context[Any], monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -554,21 +572,10 @@ def test_a_flood_of_malformed_peer_requests_is_told_in_full_as_windows_end(
     # Held until the end: a socket that is collected takes its unsent messages with it.
     stranger = _flood(zctx, f"tcp://127.0.0.1:{port}", PEER_GARBAGE)
     try:
-
-        def accounted() -> int:
-            text = _told(caplog, piece_server.__name__)
-            return (_accounted(text, "bad peer request from 127.0.0.1",
-                               "malformed peer requests")
-                    + _accounted(text, "dropped a peer request of 3 frames from 127.0.0.1",
-                                 "peer requests of the wrong shape"))
-
-        wait_for(lambda: accounted() >= FLOOD, 30, "the log to account for every frame",
-                 interval=0.1)
-        assert accounted() == FLOOD
-        text = _told(caplog, piece_server.__name__)
-        assert f"in the last {SHORT_WINDOW:g} s" in text, text[-3000:]
-        # A few lines a window, not one a frame.
-        assert len(caplog.records) < FLOOD // 100, len(caplog.records)
+        _told_in_full(caplog, piece_server.__name__, [
+            ("bad peer request from 127.0.0.1", "malformed peer requests"),
+            ("dropped a peer request of 3 frames from 127.0.0.1",
+             "peer requests of the wrong shape")], FLOOD)
     finally:
         stranger.close(0)
         server.stop()
@@ -589,21 +596,11 @@ def test_a_flood_of_malformed_client_requests_is_told_in_full_as_windows_end(
     loop.start()
     sock = _flood(zctx, f"tcp://127.0.0.1:{me.port}", CLIENT_GARBAGE)  # held, as above
     try:
-
-        def accounted() -> int:
-            text = _told(caplog, tracker_server.__name__)
-            return (_accounted(text, "bad client request from 127.0.0.1",
-                               "malformed client requests")
-                    + _accounted(text, "dropped a client message from 127.0.0.1 whose "
-                                 "envelope", "client messages with a bad envelope"))
-
-        # Unknown operations are answered unknown_command and never logged.
-        wait_for(lambda: accounted() >= FLOOD // 4 * 3, 30,
-                 "the log to account for every bad message", interval=0.1)
-        assert accounted() == FLOOD // 4 * 3
-        text = _told(caplog, tracker_server.__name__)
-        assert f"in the last {SHORT_WINDOW:g} s" in text, text[-3000:]
-        assert len(caplog.records) < FLOOD // 100, len(caplog.records)
+        # Unknown operations (a quarter) are answered unknown_command and never logged.
+        _told_in_full(caplog, tracker_server.__name__, [
+            ("bad client request from 127.0.0.1", "malformed client requests"),
+            ("dropped a client message from 127.0.0.1 whose envelope",
+             "client messages with a bad envelope")], FLOOD // 4 * 3)
     finally:
         sock.close(0)
         stop.set()
